@@ -1,0 +1,243 @@
+"""Reading the MAD folder layout: class resolution, posed training views and labelled test queries.
+
+This module knows the on-disk conventions of MAD-Sim (and of nerfstudio-format captures used for
+MAD-Real) and nothing about nerfstudio itself, so it is cheap to import and easy to test. Every
+problem a user can cause with a bad folder becomes a :class:`MADFormatError` that names the file and
+says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+GOOD = "good"
+"""Name of the defect-free test folder (and of the label given to its images)."""
+
+
+class MADFormatError(ValueError):
+    """A dataset folder does not follow the MAD layout; the message says where and how to fix it."""
+
+
+@dataclass
+class Intrinsics:
+    """Pinhole intrinsics of one image, in pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+
+@dataclass
+class TrainingViews:
+    """The posed, defect-free training views of one class."""
+
+    image_paths: list[Path]
+    camera_to_worlds: np.ndarray  # (N, 4, 4), OpenGL camera axes
+    intrinsics: list[Intrinsics]
+
+
+@dataclass
+class TestQueries:
+    """The unposed test images of one class with their labels and ground-truth masks."""
+
+    image_paths: list[Path]
+    defect_types: list[str]  # GOOD or the defect folder name
+    mask_paths: list[Path | None]  # None for good images
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(t != GOOD) for t in self.defect_types]
+
+
+def _normalise_class_name(name: str) -> str:
+    """'01Gorilla', 'gorilla' and 'Gorilla' all become 'gorilla'."""
+    return re.sub(r"^\d+[_\- ]?", "", name).lower()
+
+
+def _looks_like_class(folder: Path) -> bool:
+    return (folder / "transforms.json").is_file() or (folder / "train").is_dir()
+
+
+def resolve_class_dir(data: Path) -> Path:
+    """Find the class folder that ``data`` designates.
+
+    ``data`` is either the class folder itself or ``<dataset root>/<class>`` where the class is given
+    loosely: ``mad/01Gorilla``, ``mad/gorilla`` and ``mad/Gorilla`` all resolve to ``mad/01Gorilla``.
+
+    Example:
+        >>> resolve_class_dir(Path("mad/gorilla"))  # doctest: +SKIP
+        PosixPath('mad/01Gorilla')
+    """
+    data = Path(data)
+    if data.is_dir() and _looks_like_class(data):
+        return data
+    root, wanted = data.parent, _normalise_class_name(data.name)
+    if not root.is_dir():
+        raise MADFormatError(f"Data folder {data} does not exist (nor does its parent {root}).")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and _looks_like_class(p))
+    matches = [p for p in classes if _normalise_class_name(p.name) == wanted]
+    if len(matches) == 1:
+        return matches[0]
+    found = ", ".join(p.name for p in classes) or "none"
+    if data.is_dir():
+        raise MADFormatError(
+            f"{data} is not a MAD class folder: expected transforms.json and train/good/ inside it. "
+            f"Class folders found next to it in {root}: {found}."
+        )
+    raise MADFormatError(f"No class '{data.name}' in {root}. Classes found: {found}.")
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort key that orders 0, 1, 2, ..., 10 numerically (MAD file names are not zero-padded)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, read from its header, with a clear error for unreadable files."""
+    if not path.is_file():
+        raise MADFormatError(f"Image {path} does not exist.")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise MADFormatError(f"Cannot read image {path}: {error}. Expected a PNG/JPEG image.") from error
+
+
+def _as_pose(matrix, where: str) -> np.ndarray:
+    try:
+        pose = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise MADFormatError(f"{where}: transform_matrix is not numeric ({error}).") from error
+    if pose.shape != (4, 4):
+        raise MADFormatError(f"{where}: transform_matrix must be a 4x4 camera-to-world matrix, got shape {pose.shape}.")
+    if not np.isfinite(pose).all():
+        raise MADFormatError(f"{where}: transform_matrix contains NaN or infinite values.")
+    return pose
+
+
+def _intrinsics(meta: dict, frame: dict, size: tuple[int, int], where: str) -> Intrinsics:
+    """Intrinsics from MAD/Blender (`camera_angle_x`) or nerfstudio (`fl_x`, `cx`, ...) keys, frame overrides."""
+
+    def get(key):
+        return frame.get(key, meta.get(key))
+
+    width, height = size
+    if get("fl_x") is not None:
+        fx = float(get("fl_x"))
+        fy = float(get("fl_y") if get("fl_y") is not None else fx)
+        # Intrinsics refer to the declared w/h; images may have been resized since (e.g. images_2/).
+        sx = width / float(get("w") or width)
+        sy = height / float(get("h") or height)
+        cx = float(get("cx") if get("cx") is not None else (get("w") or width) / 2) * sx
+        cy = float(get("cy") if get("cy") is not None else (get("h") or height) / 2) * sy
+        return Intrinsics(fx * sx, fy * sy, cx, cy, width, height)
+    if get("camera_angle_x") is not None:
+        fx = 0.5 * width / np.tan(0.5 * float(get("camera_angle_x")))
+        fy = 0.5 * height / np.tan(0.5 * float(get("camera_angle_y"))) if get("camera_angle_y") is not None else fx
+        return Intrinsics(fx, fy, width / 2.0, height / 2.0, width, height)
+    raise MADFormatError(f"{where}: no intrinsics: expected 'camera_angle_x' (MAD/Blender) or 'fl_x' (nerfstudio).")
+
+
+def read_training_views(class_dir: Path) -> TrainingViews:
+    """Parse ``transforms.json`` of a class folder into posed training views."""
+    transforms = class_dir / "transforms.json"
+    if not transforms.is_file():
+        raise MADFormatError(
+            f"{transforms} not found. Training needs posed defect-free views: MAD-Sim ships them; MAD-Real is "
+            "released without poses. Estimate them first, e.g. with nerfstudio's "
+            f"`ns-process-data images --data {class_dir / 'train' / 'good'} --output-dir {class_dir}` "
+            "(COLMAP), which writes a nerfstudio-format transforms.json that this dataparser accepts."
+        )
+    try:
+        meta = json.loads(transforms.read_text())
+    except json.JSONDecodeError as error:
+        raise MADFormatError(f"{transforms} is not valid JSON: {error}.") from error
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not frames:
+        raise MADFormatError(f"{transforms} has no 'frames' list: expected {{'frames': [{{'file_path', ...}}]}}.")
+
+    paths, poses, intrinsics = [], [], []
+    for index, frame in enumerate(frames):
+        where = f"{transforms}, frame {index}"
+        if "file_path" not in frame or "transform_matrix" not in frame:
+            raise MADFormatError(f"{where}: expected keys 'file_path' and 'transform_matrix'.")
+        path = class_dir / frame["file_path"]
+        if path.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
+            path = path.with_name(path.name + ".png")  # Blender-style paths omit the suffix
+        if not path.is_file():
+            raise MADFormatError(f"{where}: image {path} does not exist.")
+        poses.append(_as_pose(frame["transform_matrix"], where))
+        intrinsics.append(_intrinsics(meta, frame, image_size(path), where))
+        paths.append(path)
+    return TrainingViews(paths, np.stack(poses), intrinsics)
+
+
+def read_test_queries(class_dir: Path) -> TestQueries:
+    """List every image under ``test/<type>/`` in numeric order, with its label and ground-truth mask."""
+    test_dir = class_dir / "test"
+    if not test_dir.is_dir():
+        raise MADFormatError(f"{test_dir} not found: expected test/<defect type>/<n>.png (e.g. test/good/0.png).")
+    queries = TestQueries([], [], [], [])
+    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        images = sorted(
+            (p for p in type_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}), key=natural_key
+        )
+        for path in images:
+            size = image_size(path)
+            mask = None
+            if type_dir.name != GOOD:
+                mask = class_dir / "ground_truth" / type_dir.name / f"{path.stem}_mask.png"
+                if not mask.is_file():
+                    raise MADFormatError(f"Ground-truth mask {mask} for test image {path} does not exist.")
+                if image_size(mask) != size:
+                    raise MADFormatError(
+                        f"Ground-truth mask {mask} is {image_size(mask)} pixels but its image {path} is {size}: "
+                        "masks must have the size of their image."
+                    )
+            queries.image_paths.append(path)
+            queries.defect_types.append(type_dir.name)
+            queries.mask_paths.append(mask)
+            queries.sizes.append(size)
+    if not queries.image_paths:
+        raise MADFormatError(f"{test_dir} contains no test images: expected test/<defect type>/<n>.png.")
+    return queries
+
+
+def spread_subset(positions: np.ndarray, count: int) -> np.ndarray:
+    """Indices of ``count`` evenly spread points (farthest-point sampling, deterministic).
+
+    Used for the paper's dense-to-sparse study (``--train-views``) and to pick monitoring views.
+    """
+    count = min(count, len(positions))
+    chosen = [0]
+    distance = np.linalg.norm(positions - positions[0], axis=1)
+    while len(chosen) < count:
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(positions - positions[chosen[-1]], axis=1))
+    return np.sort(np.array(chosen))
+
+
+def object_sphere(camera_to_worlds: np.ndarray, intrinsics: list[Intrinsics]) -> tuple[np.ndarray, float]:
+    """Centre and radius of the region every camera sees: where a single object must lie.
+
+    The centre is the least-squares point closest to all optical axes (the origin for MAD, whose cameras
+    all look at it); the radius is the largest sphere around it inside every camera's field of view.
+    """
+    origins = camera_to_worlds[:, :3, 3]
+    axes = -camera_to_worlds[:, :3, 2]  # OpenGL cameras look down -z
+    axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+    projectors = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]
+    centre = np.linalg.solve(projectors.sum(0), np.einsum("nij,nj->i", projectors, origins))
+    distances = np.linalg.norm(origins - centre, axis=1)
+    half_fov = np.array([min(np.arctan(k.width / 2 / k.fx), np.arctan(k.height / 2 / k.fy)) for k in intrinsics])
+    return centre, float(np.min(distances * np.sin(half_fov)))

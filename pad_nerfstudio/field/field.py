@@ -1,0 +1,90 @@
+"""The object field: density and colour of one object from factorised feature grids.
+
+Each quantity is a TensoRF-style vector-matrix factorisation (three axis-aligned feature planes times
+three feature lines) at two resolutions, a coarse one that learns the shape quickly and a fine one for
+detail. Compared with a hash grid and MLPs this needs a handful of `grid_sample` calls per point, which
+is what makes training and rendering fast on a CPU, and it stays differentiable with respect to the
+sample positions (needed to refine camera poses through the frozen field). Colour is view-independent
+by default: anomaly-free objects under fixed lighting are close to Lambertian, and a view-independent
+colour cannot explain away a defect by a viewing-angle trick.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class VectorMatrixGrid(nn.Module):
+    """Sum over resolutions of a vector-matrix factorised 3D feature grid, input in [-1, 1]^3.
+
+    Unlike nerfstudio's `TensorVMEncoding` the sample positions keep their gradient (for pose refinement).
+    """
+
+    _PLANES = ((0, 1), (0, 2), (1, 2))
+    _LINES = (2, 1, 0)
+
+    def __init__(self, resolutions: tuple[int, ...], components: int, init_scale: float = 0.1):
+        super().__init__()
+        self.components = components
+        self.planes = nn.ParameterList(
+            nn.Parameter(init_scale * torch.randn(3, components, r, r)) for r in resolutions
+        )
+        self.lines = nn.ParameterList(nn.Parameter(init_scale * torch.randn(3, components, r, 1)) for r in resolutions)
+
+    @property
+    def out_dim(self) -> int:
+        return 3 * self.components
+
+    def forward(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n f"]:
+        plane_coords = torch.stack([positions[:, list(axes)] for axes in self._PLANES])[:, :, None]  # 3 n 1 2
+        line_coords = torch.stack([positions[:, axis] for axis in self._LINES])
+        line_coords = torch.stack([torch.zeros_like(line_coords), line_coords], dim=-1)[:, :, None]
+        features = 0.0
+        for plane, line in zip(self.planes, self.lines):
+            plane_features = F.grid_sample(plane, plane_coords, mode="bilinear", align_corners=True)
+            line_features = F.grid_sample(line, line_coords, mode="bilinear", align_corners=True)
+            features = features + plane_features * line_features  # 3 c n 1
+        return features.reshape(self.out_dim, -1).t()
+
+    def l1(self) -> Tensor:
+        """Mean absolute value of the fine planes: a sparsity prior that clears floaters."""
+        return self.planes[-1].abs().mean() + self.lines[-1].abs().mean()
+
+
+class ObjectField(nn.Module):
+    """Density and RGB colour at world positions inside an axis-aligned box."""
+
+    def __init__(
+        self,
+        aabb: Float[Tensor, "2 3"],
+        resolutions: tuple[int, ...] = (48, 192),
+        density_components: int = 8,
+        colour_components: int = 16,
+        density_shift: float = -5.0,
+        view_dependent: bool = False,
+    ):
+        super().__init__()
+        self.register_buffer("aabb", aabb.clone().float())
+        self.density_shift = density_shift
+        self.density_grid = VectorMatrixGrid(resolutions, density_components)
+        self.colour_grid = VectorMatrixGrid(resolutions, colour_components)
+        self.view_dependent = view_dependent
+        in_dim = self.colour_grid.out_dim + (3 if view_dependent else 0)
+        self.colour_head = nn.Sequential(nn.Linear(in_dim, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def normalise(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
+        return (positions - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
+
+    def density(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n"]:
+        """Density per unit of the finest voxel size (so opacities do not depend on the scene's scale)."""
+        raw = self.density_grid(self.normalise(positions)).sum(-1)
+        return F.softplus(raw + self.density_shift)
+
+    def colour(self, positions: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"] | None = None) -> Tensor:
+        features = self.colour_grid(self.normalise(positions))
+        if self.view_dependent:
+            features = torch.cat([features, directions], dim=-1)
+        return torch.sigmoid(self.colour_head(features))

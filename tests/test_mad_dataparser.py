@@ -1,0 +1,189 @@
+"""The `mad-data` dataparser on tiny generated MAD-layout folders, including every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from mad_fixtures import make_mad_class
+
+from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
+from pad_nerfstudio.data.mad_dataset import MADDataset
+from pad_nerfstudio.data.mad_layout import MADFormatError
+
+
+def parse(data, split="train", **options):
+    return MADDataParserConfig(data=data, **options).setup().get_dataparser_outputs(split=split)
+
+
+def test_train_split_reads_poses_and_intrinsics(tmp_path):
+    class_dir = make_mad_class(tmp_path, size=16)
+    outputs = parse(class_dir)
+    assert len(outputs.image_filenames) == 12
+    assert outputs.image_filenames[3].name == "3.png"
+    poses = json.loads((class_dir / "transforms.json").read_text())["frames"]
+    np.testing.assert_allclose(outputs.cameras.camera_to_worlds[5].numpy(), np.array(poses[5]["transform_matrix"])[:3],
+                               atol=1e-6)
+    assert float(outputs.cameras.fx[0]) == pytest.approx(8 / np.tan(0.6911 / 2), rel=1e-6)
+    assert int(outputs.cameras.width[0]) == 16 and float(outputs.cameras.cx[0]) == 8.0
+    # Cameras all look at the origin from radius 4: the object region is centred there.
+    assert np.allclose(outputs.scene_box.aabb.mean(0).numpy(), 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["01Gorilla", "gorilla", "Gorilla", "GORILLA"])
+def test_loose_class_names_resolve(tmp_path, name):
+    make_mad_class(tmp_path, "01Gorilla")
+    make_mad_class(tmp_path, "16Cat")
+    outputs = parse(tmp_path / name)
+    assert outputs.metadata["class_name"] == "01Gorilla"
+
+
+def test_unknown_class_lists_the_classes_found(tmp_path):
+    make_mad_class(tmp_path, "01Gorilla")
+    make_mad_class(tmp_path, "16Cat")
+    with pytest.raises(MADFormatError, match=r"No class 'zebra'.*01Gorilla, 16Cat"):
+        parse(tmp_path / "zebra")
+
+
+def test_test_split_is_numerically_ordered_with_labels_and_masks(tmp_path):
+    class_dir = make_mad_class(tmp_path, test_counts={"good": 2, "Stains": 12})
+    outputs = parse(class_dir, split="test")
+    stains = [p.name for p in outputs.image_filenames if p.parent.name == "Stains"]
+    assert stains == [f"{i}.png" for i in range(12)]
+    types = outputs.metadata["defect_types"]
+    assert sorted(types) == ["Stains"] * 12 + ["good"] * 2
+    assert outputs.metadata["labels"] == [int(t != "good") for t in types]
+    dataset = MADDataset(outputs)
+    item = dataset[types.index("Stains") + 11]  # Stains/11.png: its mask marks row 11
+    assert item["label"] == 1 and item["defect_type"] == "Stains"
+    assert item["gt_mask"].shape == (16, 16) and item["gt_mask"][11].all() and item["gt_mask"].sum() == 16
+    assert not dataset[types.index("good")]["gt_mask"].any()  # good images get an all-zero mask
+
+
+def test_test_queries_never_reach_training(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    train = parse(class_dir)
+    assert all("train" in p.parts for p in train.image_filenames)
+    assert "labels" not in train.metadata
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    class_dir = make_mad_class(tmp_path, rgba=True)
+    image = MADDataset(parse(class_dir)).get_image_float32(0)
+    assert image.shape == (16, 16, 3)
+    assert (image[0, 0] == 1.0).all()  # alpha 0 in the corner -> white
+
+
+def test_train_views_keeps_evenly_spread_subset(tmp_path):
+    class_dir = make_mad_class(tmp_path, n_train=24)
+    outputs = parse(class_dir, train_views=6)
+    assert len(outputs.image_filenames) == 6
+    positions = outputs.cameras.camera_to_worlds[:, :, 3].numpy()
+    distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1) + np.eye(6) * 1e9
+    assert distances.min() > 2.0  # spread around the object, not neighbours on the ring
+    val = parse(class_dir, split="val", train_views=6, val_views=2)
+    assert set(val.image_filenames) <= set(outputs.image_filenames) and len(val.image_filenames) == 2
+
+
+def test_downscale_resizes_cameras_and_images(tmp_path):
+    class_dir = make_mad_class(tmp_path, size=16)
+    outputs = parse(class_dir, downscale_factor=2)
+    assert int(outputs.cameras.width[0]) == 8 and float(outputs.cameras.fx[0]) == pytest.approx(4 / np.tan(0.6911 / 2))
+    assert MADDataset(outputs).get_image_float32(0).shape == (8, 8, 3)
+    test = MADDataset(parse(class_dir, split="test", downscale_factor=2))
+    assert all(test[i]["gt_mask"].shape == (8, 8) for i in range(len(test)))
+
+
+def test_file_path_without_png_suffix(tmp_path):
+    class_dir = make_mad_class(tmp_path, suffix=False)
+    assert parse(class_dir).image_filenames[0].name == "0.png"
+
+
+def test_nerfstudio_format_with_per_frame_intrinsics(tmp_path):
+    class_dir = make_mad_class(tmp_path, size=16)
+    meta = json.loads((class_dir / "transforms.json").read_text())
+    del meta["camera_angle_x"]
+    for frame in meta["frames"]:
+        frame.update(fl_x=20.0, fl_y=21.0, cx=7.5, cy=8.5, w=16, h=16)
+    (class_dir / "transforms.json").write_text(json.dumps(meta))
+    outputs = parse(class_dir)
+    assert float(outputs.cameras.fy[0]) == 21.0 and float(outputs.cameras.cx[0]) == 7.5
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_missing_transforms_explains_how_to_get_poses(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    (class_dir / "transforms.json").unlink()
+    with pytest.raises(MADFormatError, match=r"transforms.json not found.*posed.*ns-process-data"):
+        parse(class_dir)
+
+
+def test_frame_pointing_to_missing_image(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    (class_dir / "train" / "good" / "4.png").unlink()
+    with pytest.raises(MADFormatError, match=r"frame 4: image .*4.png does not exist"):
+        parse(class_dir)
+
+
+def test_unreadable_image(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    (class_dir / "train" / "good" / "2.png").write_bytes(b"not an image")
+    with pytest.raises(MADFormatError, match=r"Cannot read image .*2.png"):
+        parse(class_dir)
+
+
+def test_truncated_image(tmp_path):
+    class_dir = make_mad_class(tmp_path, size=64)
+    path = class_dir / "train" / "good" / "1.png"
+    path.write_bytes(path.read_bytes()[:200])
+    dataset = MADDataset(parse(class_dir))
+    with pytest.raises(MADFormatError, match=r"Cannot read image .*1.png.*truncated"):
+        dataset.get_image_float32(1)
+
+
+def test_mask_size_differs_from_image(tmp_path):
+    from PIL import Image
+
+    class_dir = make_mad_class(tmp_path)
+    Image.new("L", (5, 5)).save(class_dir / "ground_truth" / "Burrs" / "1_mask.png")
+    with pytest.raises(MADFormatError, match=r"1_mask.png is \(5, 5\).*must have the size of their image"):
+        parse(class_dir, split="test")
+
+
+def test_missing_mask(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    (class_dir / "ground_truth" / "Burrs" / "0_mask.png").unlink()
+    with pytest.raises(MADFormatError, match=r"mask .*0_mask.png .* does not exist"):
+        parse(class_dir, split="test")
+
+
+def test_empty_test_folder(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    shutil.rmtree(class_dir / "test")
+    (class_dir / "test" / "good").mkdir(parents=True)
+    with pytest.raises(MADFormatError, match=r"contains no test images"):
+        parse(class_dir, split="test")
+
+
+def test_missing_test_folder(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    shutil.rmtree(class_dir / "test")
+    with pytest.raises(MADFormatError, match=r"test not found"):
+        parse(class_dir, split="test")
+
+
+def test_non_4x4_matrix(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    meta = json.loads((class_dir / "transforms.json").read_text())
+    meta["frames"][3]["transform_matrix"] = meta["frames"][3]["transform_matrix"][:3]
+    (class_dir / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(MADFormatError, match=r"frame 3: transform_matrix must be a 4x4 .* got shape \(3, 4\)"):
+        parse(class_dir)
+
+
+def test_not_a_class_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MADFormatError, match=r"empty is not a MAD class folder: expected transforms.json"):
+        parse(tmp_path / "empty")
