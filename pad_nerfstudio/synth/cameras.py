@@ -1,0 +1,142 @@
+"""Camera geometry of the synthetic MAD-Sim clone: the 14 x 15 training grid, random off-grid test poses and the
+pinhole model shared by the renderer and the tests. Poses are camera-to-world 4x4 matrices in the OpenGL / Blender
+convention used by NeRF-Blender data (camera looks down its -z axis, +y is up in the image, world up is +z), so
+``transforms.json`` written from them loads like a MAD-Sim class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CAMERA_ANGLE_X = 0.6911
+"""Horizontal field of view in radians, as in MAD-Sim (fx = 1111.1 px at 800 px)."""
+
+CAMERA_RADIUS = 4.0
+"""Distance of every training camera from the world origin (MAD-Sim uses 3-4 depending on the class)."""
+
+TRAIN_ELEVATIONS_DEG = np.linspace(85.0, -85.0, 14)
+"""Elevation of the 14 training rings, top to bottom, as in MAD-Sim."""
+
+TRAIN_AZIMUTHS_DEG = np.arange(15) * 24.0
+"""15 evenly spaced azimuths per ring (MAD-Sim uses 22.857 degree steps with one 40 degree gap)."""
+
+TEST_ELEVATION_RANGE_DEG = (-80.0, 80.0)
+TEST_ROLL_MAX_DEG = 4.0
+TEST_LOOK_AT_JITTER = 0.03
+"""Standard deviation of the look-at point offset in world units (object radius is about 1.05)."""
+TEST_RADIUS_JITTER = 0.1
+
+
+def focal_length(size: int, camera_angle_x: float = CAMERA_ANGLE_X) -> float:
+    """Pinhole focal length in pixels for a square image of ``size`` px, e.g. ``focal_length(800)`` is ~1111.1."""
+    return 0.5 * size / np.tan(0.5 * camera_angle_x)
+
+
+def spherical_position(azimuth_deg: float, elevation_deg: float, radius: float = CAMERA_RADIUS) -> np.ndarray:
+    """Point on a sphere around the origin; azimuth is measured from +x towards +y, elevation from the xy plane."""
+    azimuth, elevation = np.radians(azimuth_deg), np.radians(elevation_deg)
+    return radius * np.array(
+        [np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
+    )
+
+
+def look_at(
+    eye: np.ndarray, target: np.ndarray | None = None, up: np.ndarray | None = None, roll_deg: float = 0.0
+) -> np.ndarray:
+    """Camera-to-world matrix of an OpenGL camera at ``eye`` looking at ``target`` (default: the origin).
+
+    ``roll_deg`` turns the camera about its own viewing axis, which is how test poses leave the upright grid.
+
+    Example:
+        >>> c2w = look_at(np.array([4.0, 0.0, 0.0]))
+        >>> c2w[:3, 2]  # the camera's +z axis points away from the target
+        array([1., 0., 0.])
+    """
+    eye = np.asarray(eye, dtype=np.float64)
+    target = np.zeros(3) if target is None else np.asarray(target, dtype=np.float64)
+    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, dtype=np.float64)
+    z_axis = eye - target
+    z_axis /= np.linalg.norm(z_axis)
+    x_axis = np.cross(up, z_axis)
+    x_axis /= np.linalg.norm(x_axis)
+    y_axis = np.cross(z_axis, x_axis)
+    rotation = np.stack([x_axis, y_axis, z_axis], axis=1)
+    if roll_deg:
+        roll = np.radians(roll_deg)
+        in_plane = np.array([[np.cos(roll), -np.sin(roll), 0.0], [np.sin(roll), np.cos(roll), 0.0], [0.0, 0.0, 1.0]])
+        rotation = rotation @ in_plane
+    c2w = np.eye(4)
+    c2w[:3, :3] = rotation
+    c2w[:3, 3] = eye
+    return c2w
+
+
+def training_poses(radius: float = CAMERA_RADIUS) -> np.ndarray:
+    """The 210 training poses (14 rings x 15 azimuths, ring by ring from the top) as a (210, 4, 4) array."""
+    return np.stack(
+        [
+            look_at(spherical_position(azimuth, elevation, radius))
+            for elevation in TRAIN_ELEVATIONS_DEG
+            for azimuth in TRAIN_AZIMUTHS_DEG
+        ]
+    )
+
+
+def random_test_pose(rng: np.random.Generator, radius: float = CAMERA_RADIUS) -> np.ndarray:
+    """An off-grid pose: random azimuth and elevation, a small roll, a jittered look-at point and radius.
+
+    The jitter is small enough that an object inside a sphere of radius 1.1 stays fully in frame.
+    """
+    azimuth = rng.uniform(0.0, 360.0)
+    elevation = rng.uniform(*TEST_ELEVATION_RANGE_DEG)
+    roll = rng.uniform(-TEST_ROLL_MAX_DEG, TEST_ROLL_MAX_DEG)
+    target = np.clip(
+        rng.normal(0.0, TEST_LOOK_AT_JITTER, size=3), -2.5 * TEST_LOOK_AT_JITTER, 2.5 * TEST_LOOK_AT_JITTER
+    )
+    distance = radius + rng.uniform(-TEST_RADIUS_JITTER, TEST_RADIUS_JITTER)
+    return look_at(target + spherical_position(azimuth, elevation, distance), target, roll_deg=roll)
+
+
+def project_points(
+    points: np.ndarray, c2w: np.ndarray, size: int, camera_angle_x: float = CAMERA_ANGLE_X
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (u right, v down, pixel (0, 0) spans [0, 1]^2) and depths of world points (n, 3).
+
+    Example:
+        >>> uv, depth = project_points(np.zeros((1, 3)), look_at(np.array([0.0, 4.0, 0.0])), 200)
+        >>> uv  # the look-at point lands on the image centre
+        array([[100., 100.]])
+    """
+    focal = focal_length(size, camera_angle_x)
+    camera = (np.asarray(points, dtype=np.float64) - c2w[:3, 3]) @ c2w[:3, :3]
+    depth = -camera[:, 2]
+    u = 0.5 * size + focal * camera[:, 0] / depth
+    v = 0.5 * size - focal * camera[:, 1] / depth
+    return np.stack([u, v], axis=1), depth
+
+
+def pixel_directions(
+    c2w: np.ndarray,
+    size: int,
+    supersample: int = 1,
+    camera_angle_x: float = CAMERA_ANGLE_X,
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """World-space ray directions of a regular ``supersample`` x ``supersample`` grid of samples in every pixel.
+
+    Returns ((size * supersample) ** 2, 3) directions in row-major sample order (sample row 0 at the top), or only
+    those of the sample columns [u0, u1) and rows [v0, v1) given as ``window``. They are scaled so that their
+    camera-space z is -1: the ray parameter of a hit is then its depth.
+    """
+    focal = focal_length(size, camera_angle_x)
+    u0, u1, v0, v1 = window if window is not None else (0, size * supersample, 0, size * supersample)
+    columns = (np.arange(u0, u1) + 0.5) / supersample
+    rows = (np.arange(v0, v1) + 0.5) / supersample
+    camera = np.empty((rows.size, columns.size, 3))
+    camera[:, :, 0] = ((columns - 0.5 * size) / focal)[None, :]
+    camera[:, :, 1] = (-(rows - 0.5 * size) / focal)[:, None]
+    camera[:, :, 2] = -1.0
+    directions = camera.reshape(-1, 3) @ c2w[:3, :3].T
+    # An exactly zero component would turn the slab test's 0 * inf into NaN.
+    directions[directions == 0.0] = 1e-12
+    return directions
