@@ -15,6 +15,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
+from pad_nerfstudio.data.mad_layout import spread_subset
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 
 
@@ -25,6 +26,8 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: OmniposePipeline)
     datamanager: MADDataManagerConfig = field(default_factory=MADDataManagerConfig)
     model: OmniposeModelConfig = field(default_factory=OmniposeModelConfig)
+    hull_views: int = 64
+    """Training views used to carve the visual hull that initialises the occupancy grid."""
 
 
 class OmniposePipeline(VanillaPipeline):
@@ -48,12 +51,18 @@ class OmniposePipeline(VanillaPipeline):
         if bool(self.model.hull_carved):
             return
         dataset = self.datamanager.train_dataset
-        images = [dataset.get_image_float32(i) for i in range(len(dataset))]
-        self.model.carve_visual_hull(dataset.cameras, images)
-        CONSOLE.log(f"Occupancy grid carved from {len(images)} silhouettes: "
-                    f"{float(self.model.occupancy.occupied.float().mean()):.1%} of the box may hold the object")
+        # An evenly spread subset of views carves nearly the same hull at a fraction of the cost.
+        positions = dataset.cameras.camera_to_worlds[:, :, 3].numpy()
+        views = spread_subset(positions - positions.mean(0), self.config.hull_views).tolist()
+        images = [dataset.get_image_float32(i) for i in views]
+        self.model.carve_visual_hull(dataset.cameras[torch.tensor(views)], images)
+        CONSOLE.log(
+            f"Occupancy grid carved from {len(images)} silhouettes: "
+            f"{float(self.model.occupancy.occupied.float().mean()):.1%} of the box may hold the object"
+        )
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):
-        carve = TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.carve_visual_hull,
-                                 update_every_num_iters=1)
+        carve = TrainingCallback(
+            [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.carve_visual_hull, update_every_num_iters=1
+        )
         return [carve] + super().get_training_callbacks(training_callback_attributes)

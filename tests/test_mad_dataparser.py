@@ -24,8 +24,9 @@ def test_train_split_reads_poses_and_intrinsics(tmp_path):
     assert len(outputs.image_filenames) == 12
     assert outputs.image_filenames[3].name == "3.png"
     poses = json.loads((class_dir / "transforms.json").read_text())["frames"]
-    np.testing.assert_allclose(outputs.cameras.camera_to_worlds[5].numpy(), np.array(poses[5]["transform_matrix"])[:3],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        outputs.cameras.camera_to_worlds[5].numpy(), np.array(poses[5]["transform_matrix"])[:3], atol=1e-6
+    )
     assert float(outputs.cameras.fx[0]) == pytest.approx(8 / np.tan(0.6911 / 2), rel=1e-6)
     assert int(outputs.cameras.width[0]) == 16 and float(outputs.cameras.cx[0]) == 8.0
     # Cameras all look at the origin from radius 4: the object region is centred there.

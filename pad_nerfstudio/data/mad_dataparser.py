@@ -89,8 +89,9 @@ class MADDataParser(DataParser):
             indices = train_indices
             if split == "val":
                 indices = train_indices[spread_subset(positions[train_indices], self.config.val_views)]
-            cameras = _cameras(views.camera_to_worlds[indices], [views.intrinsics[i] for i in indices],
-                               self.config.downscale_factor)
+            cameras = _cameras(
+                views.camera_to_worlds[indices], [views.intrinsics[i] for i in indices], self.config.downscale_factor
+            )
             if split == "train":
                 CONSOLE.log(f"MAD class {class_dir.name}: {len(indices)} training views, object radius {radius:.2f}")
             return DataparserOutputs(
@@ -109,15 +110,17 @@ class MADDataParser(DataParser):
         reference = views.intrinsics[0]
         intrinsics = [
             Intrinsics(
-                reference.fx * w / reference.width, reference.fy * h / reference.height,
-                reference.cx * w / reference.width, reference.cy * h / reference.height, w, h,
+                reference.fx * w / reference.width,
+                reference.fy * h / reference.height,
+                reference.cx * w / reference.width,
+                reference.cy * h / reference.height,
+                w,
+                h,
             )
             for w, h in queries.sizes
         ]
         placeholder = np.repeat(views.camera_to_worlds[:1], len(intrinsics), axis=0)
-        metadata.update(
-            labels=queries.labels, defect_types=queries.defect_types, gt_mask_filenames=queries.mask_paths
-        )
+        metadata.update(labels=queries.labels, defect_types=queries.defect_types, gt_mask_filenames=queries.mask_paths)
         return DataparserOutputs(
             image_filenames=queries.image_paths,
             cameras=_cameras(placeholder, intrinsics, self.config.downscale_factor),

@@ -31,7 +31,9 @@ def load_rgb(path: Path, size: tuple[int, int] | None = None) -> npt.NDArray[np.
                 image = image.resize(tuple(size), resample=Image.Resampling.LANCZOS)
             return np.asarray(image, dtype=np.uint8).copy()
     except (OSError, SyntaxError, ValueError) as error:
-        raise MADFormatError(f"Cannot read image {path}: {error}. The file may be truncated or not an image.") from error
+        raise MADFormatError(
+            f"Cannot read image {path}: {error}. The file may be truncated or not an image."
+        ) from error
 
 
 def load_mask(path: Path | None, size: tuple[int, int]) -> npt.NDArray[np.bool_]:
