@@ -29,9 +29,7 @@ class VectorMatrixGrid(nn.Module):
     def __init__(self, resolutions: tuple[int, ...], components: int, init_scale: float = 0.1):
         super().__init__()
         self.components = components
-        self.planes = nn.ParameterList(
-            nn.Parameter(init_scale * torch.randn(3, components, r, r)) for r in resolutions
-        )
+        self.planes = nn.ParameterList(nn.Parameter(init_scale * torch.randn(3, components, r, r)) for r in resolutions)
         self.lines = nn.ParameterList(nn.Parameter(init_scale * torch.randn(3, components, r, 1)) for r in resolutions)
 
     @property
@@ -39,14 +37,15 @@ class VectorMatrixGrid(nn.Module):
         return 3 * self.components
 
     def forward(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n f"]:
-        plane_coords = torch.stack([positions[:, list(axes)] for axes in self._PLANES])[:, :, None]  # 3 n 1 2
+        # Points laid out along the sampled grid's width (3, 1, n, 2): CPU grid_sample vectorises that axis.
+        plane_coords = torch.stack([positions[:, list(axes)] for axes in self._PLANES])[:, None]
         line_coords = torch.stack([positions[:, axis] for axis in self._LINES])
-        line_coords = torch.stack([torch.zeros_like(line_coords), line_coords], dim=-1)[:, :, None]
+        line_coords = torch.stack([torch.zeros_like(line_coords), line_coords], dim=-1)[:, None]
         features = 0.0
         for plane, line in zip(self.planes, self.lines):
             plane_features = F.grid_sample(plane, plane_coords, mode="bilinear", align_corners=True)
             line_features = F.grid_sample(line, line_coords, mode="bilinear", align_corners=True)
-            features = features + plane_features * line_features  # 3 c n 1
+            features = features + plane_features * line_features  # 3 c 1 n
         return features.reshape(self.out_dim, -1).t()
 
     def l1(self) -> Tensor:
@@ -78,7 +77,7 @@ class ObjectField(nn.Module):
     def normalise(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
         return (positions - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
 
-    def density(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n"]:
+    def density(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
         """Density per unit of the finest voxel size (so opacities do not depend on the scene's scale)."""
         raw = self.density_grid(self.normalise(positions)).sum(-1)
         return F.softplus(raw + self.density_shift)

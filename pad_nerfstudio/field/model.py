@@ -47,9 +47,9 @@ class OmniposeModelConfig(ModelConfig):
     """Ray-marching step as a fraction of the finest voxel."""
     occupancy_resolution: int = 64
     """Resolution of the occupancy grid used to skip empty space."""
-    occupancy_update_every: int = 200
+    occupancy_update_every: int = 100
     """Steps between occupancy refreshes from the learned density (after the first refresh)."""
-    occupancy_warmup: int = 400
+    occupancy_warmup: int = 100
     """Step of the first occupancy refresh from density."""
     occupancy_threshold: float = 0.005
     """Sample opacity under which a voxel counts as empty."""
@@ -80,6 +80,7 @@ class OmniposeModel(Model):
         self.register_buffer("hull_carved", torch.tensor(False))
         self.voxel_size = float((aabb[1] - aabb[0]).max()) / max(self.config.grid_resolutions)
         self.step_size = self.voxel_size * self.config.step_ratio
+        self.max_optical_depth = -math.log(self.config.min_contribution)
 
     # ---------------------------------------------------------------- training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -98,52 +99,84 @@ class OmniposeModel(Model):
         """Initialise the occupancy grid from the training silhouettes (non-white pixels)."""
         silhouettes = [(1.0 - image).amax(-1) > 0.03 for image in images]
         intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1)
-        self.occupancy.carve_visual_hull(cameras.camera_to_worlds.cpu(), intrinsics.cpu(), [s.cpu() for s in silhouettes])
+        self.occupancy.carve_visual_hull(
+            cameras.camera_to_worlds.cpu(), intrinsics.cpu(), [s.cpu() for s in silhouettes]
+        )
         self.hull_carved.fill_(True)
 
-    def opacity(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n"]:
+    def opacity(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
         """Opacity of one ray-marching step at each position."""
-        return 1.0 - torch.exp(-self.field.density(positions) * self.config.step_ratio)
+        return -torch.expm1(-self.field.density(positions) * self.config.step_ratio)
 
     # ---------------------------------------------------------------- rendering core
     def render_rays(
         self, origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"], jitter: bool = False
     ) -> Dict[str, Tensor]:
-        """Volume-render rays (differentiable in the field and in origins/directions)."""
-        count = len(origins)
-        rgb = torch.ones(count, 3, device=origins.device)
-        accumulation = torch.zeros(count, 1, device=origins.device)
-        depth = torch.zeros(count, 1, device=origins.device)
-        box_min, box_max = self.occupancy.occupied_box()
+        """Volume-render rays (differentiable in the field and in origins/directions).
+
+        Samples are packed: a coarse march through the occupancy grid finds the occupied segments of each
+        ray, and only those are sampled finely. Transmittance is an exclusive cumulative sum per ray over
+        the packed samples (in float64, since the running sum spans all rays).
+        """
+        count, device = len(origins), origins.device
+        rgb = torch.ones(count, 3, device=device)
+        accumulation = torch.zeros(count, 1, device=device)
+        depth = torch.zeros(count, 1, device=device)
         with torch.no_grad():
+            box_min, box_max = self.occupancy.occupied_box()
             near, far = ray_box_intersection(origins, directions, box_min, box_max)
             hits = (far > near).nonzero()[:, 0]
         if len(hits) == 0:
             return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
-        o, d, near, far = origins[hits], directions[hits], near[hits], far[hits]
-        num_steps = int(math.ceil(float((far - near).max()) / self.step_size)) + 1
-        offsets = torch.arange(num_steps, device=o.device, dtype=torch.float32)
-        offsets = offsets + (torch.rand(len(o), 1, device=o.device) if jitter else 0.5)
-        t = near[:, None] + offsets * self.step_size  # (n, s)
+        o, d = origins[hits], directions[hits]
         with torch.no_grad():
-            active = (t < far[:, None]) & self.occupancy.query(o.detach()[:, None] + t[..., None] * d.detach()[:, None])
-        ray_index, sample_index = active.nonzero(as_tuple=True)
-        points = o[ray_index] + t[ray_index, sample_index, None] * d[ray_index]
-        alpha = torch.zeros_like(t)
-        alpha = alpha.index_put((ray_index, sample_index), self.opacity(points))
-        transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1] + 1e-10], -1), -1)
-        weights = alpha * transmittance
-        sample_weights = weights[ray_index, sample_index]
-        contributes = (sample_weights.detach() > self.config.min_contribution).nonzero()[:, 0]
-        colours = self.field.colour(points[contributes], d[ray_index[contributes]])
-        shaded = torch.zeros(len(o), 3, device=o.device).index_add(
-            0, ray_index[contributes], colours * sample_weights[contributes, None]
-        )
-        acc = weights.sum(-1, keepdim=True)
+            near, far = near[hits], far[hits]
+            coarse = self.occupancy.voxel_size / 2  # half a voxel: no occupied voxel is stepped over
+            steps = int(math.ceil(float((far - near).max()) / coarse))
+            centres = near[:, None] + (torch.arange(steps, device=device) + 0.5) * coarse
+            active = (centres - coarse / 2 < far[:, None]) & self.occupancy.query(
+                o.detach()[:, None] + centres[..., None] * d.detach()[:, None]
+            )
+            ray, segment = active.nonzero(as_tuple=True)
+            per_segment = max(1, round(coarse / self.step_size))
+            delta = coarse / per_segment
+            offsets = torch.arange(per_segment, device=device) + (
+                torch.rand(len(ray), 1, device=device) if jitter else 0.5
+            )
+            t = (centres[ray, segment, None] - coarse / 2 + offsets * delta).reshape(-1)
+            ray = ray.repeat_interleave(per_segment)
+            keep = (t > near[ray]) & (t < far[ray])
+            ray, t = ray[keep], t[keep]
+            if torch.is_grad_enabled() and len(ray) > 0:
+                # Early ray termination before the differentiable pass: drop samples hidden behind the
+                # surface, so that only visible samples pay for gradients.
+                points = o.detach()[ray] + t[:, None] * d.detach()[ray]
+                before, _ = self._optical_depths(points, ray, delta)
+                ray, t = ray[before < self.max_optical_depth], t[before < self.max_optical_depth]
+        if len(ray) == 0:
+            return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        points = o[ray] + t[:, None] * d[ray]
+        before, optical_depth = self._optical_depths(points, ray, delta)
+        weights = (torch.exp(-before) * -torch.expm1(-optical_depth)).float()
+        shade = (weights.detach() > self.config.min_contribution).nonzero()[:, 0]
+        colours = self.field.colour(points[shade], d[ray[shade]])
+        shaded = torch.zeros(len(o), 3, device=device).index_add(0, ray[shade], colours * weights[shade, None])
+        acc = torch.zeros(len(o), device=device).index_add(0, ray, weights)[:, None]
+        expected_t = torch.zeros(len(o), device=device).index_add(0, ray, weights * t)[:, None]
         rgb = rgb.index_put((hits,), shaded + (1.0 - acc))  # white background
         accumulation = accumulation.index_put((hits,), acc)
-        depth = depth.index_put((hits,), (weights * t).sum(-1, keepdim=True) / acc.clamp_min(1e-6))
+        depth = depth.index_put((hits,), expected_t / acc.clamp_min(1e-6))
         return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+
+    def _optical_depths(self, points: Tensor, ray: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+        """Optical depth of each packed sample and the optical depth accumulated before it on its ray."""
+        optical_depth = (self.field.density(points) * (delta / self.voxel_size)).clamp(max=30.0).double()
+        running = torch.cumsum(optical_depth, 0)
+        first = torch.ones_like(ray, dtype=torch.bool)
+        first[1:] = ray[1:] != ray[:-1]
+        ray_start = (running - optical_depth)[first]
+        before = running - optical_depth - ray_start[torch.cumsum(first.long(), 0) - 1]
+        return before, optical_depth
 
     def render_pixels(
         self, camera_to_world: Float[Tensor, "3 4"], intrinsics: Float[Tensor, "4"], pixels: Float[Tensor, "n 2"]

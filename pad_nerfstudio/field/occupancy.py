@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 def ray_box_intersection(
     origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"], box_min: Tensor, box_max: Tensor
-) -> tuple[Float[Tensor, "n"], Float[Tensor, "n"]]:
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Entry and exit distances of rays through an axis-aligned box (exit < entry when missed)."""
     inverse = 1.0 / torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
     t0 = (box_min - origins) * inverse
@@ -35,6 +35,10 @@ class OccupancyGrid(nn.Module):
         self.resolution = resolution
         self.register_buffer("aabb", aabb.clone().float())
         self.register_buffer("occupied", torch.ones((resolution,) * 3, dtype=torch.bool))
+
+    @property
+    def voxel_size(self) -> float:
+        return float(((self.aabb[1] - self.aabb[0]) / self.resolution).min())
 
     def voxel_centres(self) -> Float[Tensor, "r r r 3"]:
         r = self.resolution
@@ -73,23 +77,23 @@ class OccupancyGrid(nn.Module):
         Silhouettes are dilated and a vote fraction is required (rather than a single view) so that
         thin parts and near-white object regions survive imperfect foreground masks.
         """
-        centres = self.voxel_centres().reshape(-1, 3)
+        centres = self.voxel_centres().reshape(-1, 3).cpu()
         background_votes = torch.zeros(len(centres))
         seen = torch.zeros(len(centres))
-        for pose, (fx, fy, cx, cy), silhouette in zip(camera_to_worlds, intrinsics, silhouettes):
-            if dilation > 0:
-                kernel = 2 * dilation + 1
-                silhouette = F.max_pool2d(silhouette[None, None].float(), kernel, 1, dilation)[0, 0] > 0
-            rotation, origin = pose[:, :3], pose[:, 3]
-            local = (centres - origin) @ rotation  # world -> camera (OpenGL axes: looks down -z)
-            depth = -local[:, 2]
-            u = fx * local[:, 0] / depth.clamp_min(1e-6) + cx
-            v = -fy * local[:, 1] / depth.clamp_min(1e-6) + cy
-            height, width = silhouette.shape
-            visible = (depth > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-            ui, vi = u[visible].long(), v[visible].long()
-            seen[visible] += 1
-            background_votes[visible] += (~silhouette[vi, ui]).float()
+        masks = torch.stack(silhouettes).float()[:, None]
+        if dilation > 0:
+            masks = F.max_pool2d(masks, 2 * dilation + 1, 1, dilation)
+        masks = masks[:, 0] > 0
+        height, width = masks.shape[1:]
+        for pose, (fx, fy, cx, cy), silhouette in zip(camera_to_worlds, intrinsics, masks):
+            local = (centres - pose[:, 3]) @ pose[:, :3]  # world -> camera (OpenGL axes: looks down -z)
+            depth = -local[:, 2].clamp(max=-1e-6)
+            u = (fx * local[:, 0] / depth + cx).floor()
+            v = (-fy * local[:, 1] / depth + cy).floor()
+            visible = (local[:, 2] < 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+            pixel = (v.clamp(0, height - 1) * width + u.clamp(0, width - 1)).long()
+            seen += visible.float()
+            background_votes += (visible & ~silhouette.reshape(-1)[pixel]).float()
         keep = background_votes <= min_votes * seen.clamp_min(1)
         self.occupied = keep.reshape(self.occupied.shape).to(self.occupied.device) & self.occupied
 
