@@ -27,6 +27,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from pad_nerfstudio.field.field import ObjectField
 from pad_nerfstudio.field.occupancy import OccupancyGrid, ray_box_intersection
+from pad_nerfstudio.field.packed import distortion, exclusive_cumsum_per_ray, visible_samples
 from pad_nerfstudio.field.rays import pixel_grid, pixel_rays
 
 
@@ -51,10 +52,13 @@ class OmniposeModelConfig(ModelConfig):
     """Steps between occupancy refreshes from the learned density (after the first refresh)."""
     occupancy_warmup: int = 100
     """Step of the first occupancy refresh from density."""
-    occupancy_threshold: float = 0.005
+    occupancy_threshold: float = 0.01
     """Sample opacity under which a voxel counts as empty."""
-    min_contribution: float = 1e-4
+    min_contribution: float = 1e-3
     """Samples whose rendering weight is below this are not shaded (early ray termination)."""
+    distortion_loss_mult: float = 1e-3
+    """Weight of the distortion loss (mip-NeRF 360), which keeps each ray's weights compact: sharp
+    surfaces render better and, after early termination, cost fewer samples."""
     density_l1: float = 1e-5
     """Weight of the L1 sparsity prior on the fine density grid."""
     eval_rays_per_chunk: int = 1 << 14
@@ -114,9 +118,8 @@ class OmniposeModel(Model):
     ) -> Dict[str, Tensor]:
         """Volume-render rays (differentiable in the field and in origins/directions).
 
-        Samples are packed: a coarse march through the occupancy grid finds the occupied segments of each
-        ray, and only those are sampled finely. Transmittance is an exclusive cumulative sum per ray over
-        the packed samples (in float64, since the running sum spans all rays).
+        Samples are packed (see `packed.py`): a coarse march through the occupancy grid finds the occupied
+        segments of each ray, only those are sampled finely, and samples behind the surface are dropped.
         """
         count, device = len(origins), origins.device
         rgb = torch.ones(count, 3, device=device)
@@ -147,16 +150,22 @@ class OmniposeModel(Model):
             ray = ray.repeat_interleave(per_segment)
             keep = (t > near[ray]) & (t < far[ray])
             ray, t = ray[keep], t[keep]
-            if torch.is_grad_enabled() and len(ray) > 0:
-                # Early ray termination before the differentiable pass: drop samples hidden behind the
-                # surface, so that only visible samples pay for gradients.
-                points = o.detach()[ray] + t[:, None] * d.detach()[ray]
-                before, _ = self._optical_depths(points, ray, delta)
-                ray, t = ray[before < self.max_optical_depth], t[before < self.max_optical_depth]
+            if len(ray) > 0:
+                # Early ray termination: only samples in front of the surface are shaded and, in
+                # training or pose refinement, pay for gradients.
+                o_fixed, d_fixed = o.detach(), d.detach()
+                visible, cached = visible_samples(
+                    lambda i: self._optical_depth(o_fixed[ray[i]] + t[i, None] * d_fixed[ray[i]], delta),
+                    ray,
+                    len(o),
+                    self.max_optical_depth,
+                )
+                ray, t, cached = ray[visible], t[visible], cached[visible]
         if len(ray) == 0:
             return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
         points = o[ray] + t[:, None] * d[ray]
-        before, optical_depth = self._optical_depths(points, ray, delta)
+        optical_depth = self._optical_depth(points, delta) if torch.is_grad_enabled() else cached
+        before = exclusive_cumsum_per_ray(optical_depth, ray)
         weights = (torch.exp(-before) * -torch.expm1(-optical_depth)).float()
         shade = (weights.detach() > self.config.min_contribution).nonzero()[:, 0]
         colours = self.field.colour(points[shade], d[ray[shade]])
@@ -166,17 +175,15 @@ class OmniposeModel(Model):
         rgb = rgb.index_put((hits,), shaded + (1.0 - acc))  # white background
         accumulation = accumulation.index_put((hits,), acc)
         depth = depth.index_put((hits,), expected_t / acc.clamp_min(1e-6))
-        return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        if self.training and self.config.distortion_loss_mult > 0:
+            per_ray = distortion(weights, t / self.voxel_size, delta / self.voxel_size, ray, len(o))
+            outputs["distortion"] = torch.zeros(count, 1, device=device).index_put((hits,), per_ray[:, None])
+        return outputs
 
-    def _optical_depths(self, points: Tensor, ray: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-        """Optical depth of each packed sample and the optical depth accumulated before it on its ray."""
-        optical_depth = (self.field.density(points) * (delta / self.voxel_size)).clamp(max=30.0).double()
-        running = torch.cumsum(optical_depth, 0)
-        first = torch.ones_like(ray, dtype=torch.bool)
-        first[1:] = ray[1:] != ray[:-1]
-        ray_start = (running - optical_depth)[first]
-        before = running - optical_depth - ray_start[torch.cumsum(first.long(), 0) - 1]
-        return before, optical_depth
+    def _optical_depth(self, points: Float[Tensor, "p 3"], delta: float) -> Float[Tensor, " p"]:
+        """Optical depth of ray segments of length ``delta`` at ``points`` (float64 for packed sums)."""
+        return (self.field.density(points) * (delta / self.voxel_size)).clamp(max=30.0).double()
 
     def render_pixels(
         self, camera_to_world: Float[Tensor, "3 4"], intrinsics: Float[Tensor, "4"], pixels: Float[Tensor, "n 2"]
@@ -220,6 +227,8 @@ class OmniposeModel(Model):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)[..., :3]
         losses = {"rgb_loss": F.mse_loss(outputs["rgb"], image)}
+        if "distortion" in outputs:
+            losses["distortion_loss"] = self.config.distortion_loss_mult * outputs["distortion"].mean()
         if self.config.density_l1 > 0:
             losses["density_l1"] = self.config.density_l1 * self.field.density_grid.l1()
         return losses

@@ -23,13 +23,16 @@ def pixel_grid(width: int, height: int, device: torch.device | str = "cpu") -> F
 
 
 def pixel_rays(
-    camera_to_world: Float[Tensor, "3 4"], intrinsics: Float[Tensor, "4"], pixels: Float[Tensor, "n 2"]
+    camera_to_world: Float[Tensor, "*c 3 4"], intrinsics: Float[Tensor, "*c 4"], pixels: Float[Tensor, "n 2"]
 ) -> tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"]]:
-    """Origins and unit directions of the rays through ``pixels`` (u, v) for intrinsics (fx, fy, cx, cy)."""
-    fx, fy, cx, cy = intrinsics
+    """Origins and unit directions of the rays through ``pixels`` (u, v) for intrinsics (fx, fy, cx, cy).
+
+    One camera for all pixels, or one camera per pixel (leading dimension n) for training batches.
+    """
+    fx, fy, cx, cy = intrinsics.unbind(-1)
     x = (pixels[:, 0] + 0.5 - cx) / fx
     y = -(pixels[:, 1] + 0.5 - cy) / fy
     camera_directions = torch.stack([x, y, -torch.ones_like(x)], dim=-1)
-    directions = camera_directions @ camera_to_world[:, :3].t()
+    directions = (camera_to_world[..., :3, :3] @ camera_directions[..., None])[..., 0]
     directions = directions / directions.norm(dim=-1, keepdim=True)
-    return camera_to_world[:, 3].expand_as(directions), directions
+    return camera_to_world[..., :3, 3].expand_as(directions), directions
