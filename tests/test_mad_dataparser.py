@@ -188,3 +188,17 @@ def test_not_a_class_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MADFormatError, match=r"empty is not a MAD class folder: expected transforms.json"):
         parse(tmp_path / "empty")
+
+
+def test_loads_pad_synth_output(tiny_class):
+    """The generator's output is a valid MAD class: 210 posed views and labelled test queries with masks."""
+    train = parse(tiny_class.parent / "gorilla")
+    assert len(train.image_filenames) == 210
+    assert float(train.cameras.fx[0]) == pytest.approx(24 / np.tan(0.6911 / 2), rel=1e-4)
+    test = MADDataset(parse(tiny_class, split="test"))
+    types = test.metadata["defect_types"]
+    assert sorted(set(types)) == ["Burrs", "Missing", "Stains", "good"]
+    for index in range(len(test)):
+        item = test[index]
+        assert item["image"].shape == (48, 48, 3)
+        assert bool(item["gt_mask"].any()) == (item["defect_type"] != "good")
