@@ -62,6 +62,10 @@ def omnipose_trainer(method_name: str, gpu: bool) -> TrainerConfig:
                 eval_num_rays_per_batch=8192 if gpu else 4096,
             ),
             model=model,
+            startup_note=None
+            if gpu or method_name.endswith("-lite")
+            else "No CUDA device: omnipose-ad trains with its CPU settings (smaller grids, fewer steps); "
+            "a GPU gives the full-quality preset.",
         ),
         optimizers=_optimizers(steps),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 14, quit_on_train_completion=True),
@@ -70,7 +74,7 @@ def omnipose_trainer(method_name: str, gpu: bool) -> TrainerConfig:
 
 
 omnipose_ad = MethodSpecification(
-    config=omnipose_trainer("omnipose-ad", gpu=HAS_CUDA),
+    config=omnipose_trainer("omnipose-ad", gpu=HAS_CUDA),  # scales itself down without CUDA
     description="OmniposeAD pose-agnostic anomaly detection (GPU preset; CPU settings when no CUDA).",
 )
 omnipose_ad_lite = MethodSpecification(

@@ -26,6 +26,8 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: OmniposePipeline)
     datamanager: MADDataManagerConfig = field(default_factory=MADDataManagerConfig)
     model: OmniposeModelConfig = field(default_factory=OmniposeModelConfig)
+    startup_note: Optional[str] = None
+    """Printed when the pipeline starts (e.g. that a GPU preset fell back to its CPU settings)."""
     hull_views: int = 64
     """Training views used to carve the visual hull that initialises the occupancy grid."""
 
@@ -46,6 +48,8 @@ class OmniposePipeline(VanillaPipeline):
         grad_scaler: Optional[torch.cuda.amp.GradScaler] = None,
     ):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        if config.startup_note and test_mode == "val":
+            CONSOLE.print(f"[bold yellow]{config.startup_note}")
 
     def carve_visual_hull(self, step: int) -> None:
         if bool(self.model.hull_carved):
