@@ -39,7 +39,7 @@ def _optimizers(max_steps: int) -> dict:
 
 def omnipose_trainer(method_name: str, gpu: bool) -> TrainerConfig:
     """Trainer config of the GPU (full quality) or CPU (lite) preset."""
-    steps = 20000 if gpu else 3000
+    steps = 20000 if gpu else 1000
     model = (
         OmniposeModelConfig(grid_resolutions=(64, 320), occupancy_resolution=128)
         if gpu
