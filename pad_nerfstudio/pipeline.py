@@ -1,22 +1,40 @@
-"""The OmniposeAD pipeline: trains the anomaly-free field of one object.
+"""The OmniposeAD pipeline: train the anomaly-free field of one object, then inspect pose-free queries.
 
 Training is nerfstudio's: ray batches from the posed defect-free views. Before the first step the
 occupancy grid is carved from the training silhouettes so that no sample is wasted on empty space.
+After training, `OmniposePipeline.inspect` is the one call per query shared by ns-eval, the viewer and
+the benchmark: estimate the pose (pose/), render the anomaly-free reference there (field/), compare the
+two in the backbone's feature space (anomaly/). `get_average_eval_image_metrics` runs it over the test
+split and returns the PAD metrics, so `ns-eval` reports them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Type
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
+import numpy as np
 import torch
+from jaxtyping import Float
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
 
+from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig
+from pad_nerfstudio.anomaly.metrics import compute_anomaly_metrics
+from pad_nerfstudio.anomaly.report import QueryRecord, write_report
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
+from pad_nerfstudio.data.mad_dataset import MADDataset
 from pad_nerfstudio.data.mad_layout import spread_subset
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
+from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
+from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
 
 
 @dataclass
@@ -26,14 +44,36 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: OmniposePipeline)
     datamanager: MADDataManagerConfig = field(default_factory=MADDataManagerConfig)
     model: OmniposeModelConfig = field(default_factory=OmniposeModelConfig)
+    localisation: PoseEstimatorConfig = field(default_factory=PoseEstimatorConfig)
+    """Pose estimation of queries through the frozen field."""
+    scorer: AnomalyScorerConfig = field(default_factory=AnomalyScorerConfig)
+    """Query-vs-reference anomaly maps and image scores (its backbone is shared with pose retrieval)."""
     startup_note: Optional[str] = None
     """Printed when the pipeline starts (e.g. that a GPU preset fell back to its CPU settings)."""
     hull_views: int = 64
     """Training views used to carve the visual hull that initialises the occupancy grid."""
 
 
+@dataclass
+class Inspection:
+    """What the pipeline finds for one query image."""
+
+    camera_to_world: Float[Tensor, "3 4"]
+    """Estimated pose, in the frame of the class's transforms.json (OpenGL convention)."""
+    reference: Float[Tensor, "H W 3"]
+    """Anomaly-free rendering of the object at the estimated pose, RGB in [0, 1], at the query's size."""
+    anomaly_map: Float[Tensor, "S S"]
+    """Pixel anomaly scores at the scorer's map size (224 in the PAD protocol)."""
+    score: float
+    """Image anomaly score."""
+    pose: Dict[str, Any]
+    """Diagnostics of the pose estimate (retrieved views, fit score, seconds per stage)."""
+    seconds: Dict[str, float]
+    """Wall time per stage: pose, render, score."""
+
+
 class OmniposePipeline(VanillaPipeline):
-    """Radiance field of the defect-free object (localisation and scoring build on it)."""
+    """Radiance field of the defect-free object, and inspection of pose-free queries through it."""
 
     config: OmniposePipelineConfig
     model: OmniposeModel
@@ -47,10 +87,13 @@ class OmniposePipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[torch.cuda.amp.GradScaler] = None,
     ):
+        _fill_missing_fields(config)
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         if config.startup_note and test_mode == "val":
             CONSOLE.print(f"[bold yellow]{config.startup_note}")
+        self._detector: Optional[Tuple[PoseEstimator, AnomalyScorer]] = None
 
+    # ----------------------------------------------------------------------------------------------- training
     def carve_visual_hull(self, step: int) -> None:
         if bool(self.model.hull_carved):
             return
@@ -70,3 +113,179 @@ class OmniposePipeline(VanillaPipeline):
             [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.carve_visual_hull, update_every_num_iters=1
         )
         return [carve] + super().get_training_callbacks(training_callback_attributes)
+
+    # --------------------------------------------------------------------------------------------- inspection
+    def training_views(self) -> MADDataset:
+        """The posed defect-free views: the database of pose retrieval."""
+        dataset = getattr(self.datamanager, "train_dataset", None)
+        if dataset is None:  # "inference" mode loads no dataset
+            outputs = self.datamanager.dataparser.get_dataparser_outputs(split="train")
+            dataset = MADDataset(outputs)
+        return dataset
+
+    def test_queries(self) -> MADDataset:
+        """The test split: pose-free query images with their labels, defect types and ground-truth masks."""
+        dataset = getattr(self.datamanager, "eval_dataset", None)
+        if dataset is None or dataset.metadata.get("split") != "test":
+            dataset = MADDataset(self.datamanager.dataparser.get_dataparser_outputs(split="test"))
+        return dataset
+
+    def detector(self) -> Tuple[PoseEstimator, AnomalyScorer]:
+        """The pose estimator and the anomaly scorer, built on first use from the trained field.
+
+        Both are derived state (retrieval index, keypoints, backbone), rebuilt after loading a checkpoint rather
+        than stored in it. Call ``reset_detector`` after changing the field.
+        """
+        if self._detector is None:
+            started = time.perf_counter()
+            scorer = self.config.scorer.setup().to(self.device)
+            views = self.training_views()
+            cameras = views.cameras
+            images = [views.get_image_float32(i) for i in range(len(views))]
+            intrinsics = torch.stack([cameras.fx[:, 0], cameras.fy[:, 0], cameras.cx[:, 0], cameras.cy[:, 0]], -1)
+            estimator = self.config.localisation.setup(
+                model=self.model,
+                camera_to_worlds=cameras.camera_to_worlds,
+                intrinsics=intrinsics,
+                image_size=(int(cameras.width[0]), int(cameras.height[0])),
+                images=images,
+                backbone=scorer.backbone,
+            )
+            self._detector = (estimator, scorer)
+            CONSOLE.log(f"Pose index over {len(images)} training views built in {time.perf_counter() - started:.1f} s")
+        return self._detector
+
+    def reset_detector(self) -> None:
+        self._detector = None
+
+    @torch.no_grad()
+    def inspect(self, query_image: Float[Tensor, "H W 3"]) -> Inspection:
+        """Localise one pose-free query image, render its anomaly-free reference and score it.
+
+        Args:
+            query_image: RGB in [0, 1] (or uint8), any size with the training views' aspect ratio.
+
+        Example:
+            >>> inspection = pipeline.inspect(query)  # doctest: +SKIP
+            >>> inspection.score, inspection.anomaly_map.shape  # doctest: +SKIP
+            (0.0123, torch.Size([224, 224]))
+        """
+        query = torch.as_tensor(query_image)
+        if not query.is_floating_point():
+            query = query.float() / 255.0
+        query = query[..., :3].cpu()
+        estimator, scorer = self.detector()
+        self.model.eval()
+        seconds: Dict[str, float] = {}
+
+        clock = time.perf_counter()
+        camera_to_world, diagnostics = estimator.estimate_pose(query)
+        seconds["pose"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        height, width = query.shape[:2]
+        intrinsics = estimator.query_intrinsics(width, height).float()
+        reference = self.model.render_image(camera_to_world.to(self.device), intrinsics.to(self.device), width, height)
+        reference = reference["rgb"].clamp(0.0, 1.0).cpu()
+        seconds["render"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None])
+        seconds["score"] = time.perf_counter() - clock
+        diagnostics.pop("reference", None)  # a rendering at the pre-refinement pose; ours supersedes it
+        return Inspection(camera_to_world, reference, maps[0].cpu(), float(scores[0]), diagnostics, seconds)
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ) -> Dict[str, Any]:
+        """PAD metrics over the test split (what `ns-eval` reports), with an optional report under output_path.
+
+        Returns image/pixel AUROC, AUPRO, F1-max, per-defect-type AUROCs, num_queries, seconds_per_query and,
+        when the class has test_poses.json, the pose error against the true poses.
+        """
+        queries = self.test_queries()
+        class_dir = Path(queries.metadata["class_dir"])
+        true_poses = _read_true_poses(class_dir)
+        estimator, _ = self.detector()  # built before the clock starts: a one-off cost per class, not per query
+        records: List[QueryRecord] = []
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        started = time.perf_counter()
+        with Progress(*columns, console=CONSOLE, transient=True) as progress:
+            for index in progress.track(range(len(queries)), description=f"Inspecting {class_dir.name} queries"):
+                item = queries[index]
+                path = Path(queries.image_filenames[index])
+                relative = path.relative_to(class_dir).as_posix()
+                inspection = self.inspect(item["image"][..., :3])
+                records.append(
+                    QueryRecord(
+                        image_path=relative,
+                        label=int(item["label"]),
+                        defect_type=str(item["defect_type"]),
+                        score=inspection.score,
+                        anomaly_map=inspection.anomaly_map.numpy(),
+                        gt_mask=item["gt_mask"].numpy(),
+                        camera_to_world=inspection.camera_to_world.numpy(),
+                        query=item["image"][..., :3].numpy(),
+                        reference=inspection.reference.numpy(),
+                        seconds=sum(inspection.seconds.values()),
+                        **_pose_errors(inspection.camera_to_world, true_poses.get(relative), estimator.centre),
+                    )
+                )
+        elapsed = time.perf_counter() - started
+        results: Dict[str, Any] = compute_anomaly_metrics(
+            [r.label for r in records],
+            [r.defect_type for r in records],
+            [r.score for r in records],
+            [r.gt_mask for r in records],
+            [r.anomaly_map for r in records],
+            size=self.config.scorer.map_size,
+        )
+        results.update(num_queries=len(records), seconds_per_query=elapsed / max(len(records), 1))
+        errors = [r for r in records if r.rotation_error_deg is not None]
+        if errors:
+            rotation = np.array([r.rotation_error_deg for r in errors])
+            translation = np.array([r.translation_error_pct for r in errors])
+            results.update(
+                pose_rot_err_deg_median=float(np.median(rotation)),
+                pose_trans_err_pct_median=float(np.median(translation)),
+                pose_within_2deg=float(np.mean(rotation <= 2.0)),
+            )
+        if output_path is not None:
+            write_report(Path(output_path), records, results, title=class_dir.name)
+            CONSOLE.log(f"Anomaly panels, scores.csv, poses.json and curves written to {output_path}")
+        return results
+
+
+def _fill_missing_fields(config: Any) -> None:
+    """Give fields added since a config.yml was written their defaults (YAML restores objects without __init__)."""
+    for config_field in dataclasses.fields(config):
+        if not hasattr(config, config_field.name):
+            if config_field.default_factory is not dataclasses.MISSING:
+                setattr(config, config_field.name, config_field.default_factory())
+            elif config_field.default is not dataclasses.MISSING:
+                setattr(config, config_field.name, config_field.default)
+
+
+def _read_true_poses(class_dir: Path) -> Dict[str, np.ndarray]:
+    """True camera-to-world of each test image (pad-synth's test_poses.json), keyed like the class folder."""
+    path = class_dir / "test_poses.json"
+    if not path.exists():
+        return {}
+    return {name: np.asarray(pose, dtype=np.float64) for name, pose in json.loads(path.read_text()).items()}
+
+
+def _pose_errors(estimate: Tensor, truth: Optional[np.ndarray], centre: Tensor) -> Dict[str, Optional[float]]:
+    if truth is None:
+        return {"rotation_error_deg": None, "translation_error_pct": None}
+    truth_tensor = torch.as_tensor(truth[:3, :4])
+    estimate = estimate.double()
+    return {
+        "rotation_error_deg": float(rotation_error_deg(estimate, truth_tensor)),
+        "translation_error_pct": float(translation_error_percent(estimate, truth_tensor, centre)),
+    }

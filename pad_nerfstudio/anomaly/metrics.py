@@ -260,6 +260,38 @@ def pixel_aupro(
     return _pixel_aupro(masks, maps, *_sorted_split(masks.ravel(), maps.ravel()), fpr_limit, connectivity)
 
 
+def pro_curve(
+    masks: Shaped[ArrayLike, "N H W"], maps: Float[ArrayLike, "N H W"], fpr_limit: float = 0.3, points: int = 200
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Points (FPR, PRO) of the per-region-overlap curve up to ``fpr_limit``, for plotting (see `pixel_aupro`).
+
+    Thresholds are the negative-score quantiles of ``points`` evenly spaced FPRs.
+
+    Example:
+        >>> m = np.zeros((1, 8, 8), bool); m[0, 2:4, 2:4] = True
+        >>> fpr, pro = pro_curve(m, m.astype(float), points=3)
+        >>> pro.tolist()
+        [1.0, 1.0, 1.0]
+    """
+    masks, maps = _stack_masks(masks), _stack_maps(maps)
+    _check_same_shape(masks, maps)
+    weights, n_regions = _region_weights(masks, 8)
+    negatives = np.sort(maps[~masks])
+    positives = maps[masks]
+    if n_regions == 0 or negatives.size == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(positives)
+    positives = positives[order]
+    above = np.append(np.cumsum(weights[order][::-1])[::-1], 0.0)  # weight of positives[i:]
+    target = np.linspace(0.0, fpr_limit, points)
+    # The threshold that lets through a fraction `target` of the negatives (at least the top one is excluded).
+    index = np.clip(np.ceil((1.0 - target) * negatives.size).astype(np.int64), 0, negatives.size - 1)
+    thresholds = np.where(target > 0, negatives[index], np.nextafter(negatives[-1], np.inf))
+    fpr = (negatives.size - np.searchsorted(negatives, thresholds, side="left")) / negatives.size
+    pro = above[np.searchsorted(positives, thresholds, side="left")]
+    return fpr, np.minimum(pro, 1.0)
+
+
 def _pixel_aupro(masks, maps, negatives, positives, fpr_limit: float, connectivity: int = 8) -> float:
     weights, n_regions = _region_weights(masks, connectivity)
     if n_regions == 0:
