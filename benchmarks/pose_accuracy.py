@@ -7,8 +7,8 @@ the residual image misalignment (mean displacement in pixels of the visible obje
 estimated and the true pose), for the coarse stage alone (nearest training view), the PnP initialisation and
 the final refined pose, with the seconds per query spent in each stage.
 
-    python benchmarks/pose_accuracy.py --data /tmp/synth_check --field 01Gorilla=/tmp/field_fast.pt
-    python benchmarks/pose_accuracy.py --data data/pad-synth --field gorilla=g.pt --field unicorn=u.pt --limit 20
+    python benchmarks/pose_accuracy.py --data data/pad-synth --field gorilla=outputs/gorilla/omnipose-ad/RUN/config.yml
+    python benchmarks/pose_accuracy.py --data data/pad-synth --field gorilla=G.yml --field unicorn=U.yml --limit 20
 
 ``--oracle`` replaces the trained field by the generator's exact ray caster (no field error): it separates
 what the pose method loses from what the field's rendering errors cost.
@@ -88,13 +88,13 @@ class SynthOracle:
         return {key: value[v, u] for key, value in full.items()}
 
 
-def load_field(class_dir: Path, checkpoint: Path):
-    from pad_nerfstudio.field.model import OmniposeModelConfig
+def load_field(class_dir: Path, config_path: Path):
+    """The trained field of an `ns-train omnipose-ad` run (its config.yml) and the class's training views."""
+    from nerfstudio.utils.eval_utils import eval_setup
 
+    _, pipeline, _, _ = eval_setup(config_path, test_mode="inference")
     outputs = MADDataParserConfig(data=class_dir).setup().get_dataparser_outputs("train")
-    model = OmniposeModelConfig().setup(scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames))
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
-    return model, outputs
+    return pipeline.model, outputs
 
 
 def surface_points(reference, pose: torch.Tensor) -> torch.Tensor:
@@ -225,8 +225,8 @@ def main(argv=None) -> None:
         "--field",
         action="append",
         default=[],
-        metavar="CLASS=CHECKPOINT",
-        help="trained field state dict per class (repeatable); CHECKPOINT 'oracle' = exact ray caster",
+        metavar="CLASS=CONFIG",
+        help="config.yml of a trained omnipose-ad run per class (repeatable); CONFIG 'oracle' = exact ray caster",
     )
     parser.add_argument(
         "--oracle", action="append", default=[], metavar="CLASS", help="shorthand for --field CLASS=oracle"
@@ -242,7 +242,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     fields = [f.split("=", 1) for f in args.field] + [(c, "oracle") for c in args.oracle]
     if not fields or any(len(f) != 2 for f in fields):
-        parser.error("give at least one --field CLASS=CHECKPOINT (or --oracle CLASS)")
+        parser.error("give at least one --field CLASS=CONFIG (or --oracle CLASS)")
     backbone = load_backbone()
     all_rows = []
     for class_name, field in fields:

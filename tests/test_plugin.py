@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -74,11 +78,18 @@ def test_ns_train_then_ns_eval_and_resume(tiny_class, tmp_path):
     checkpoints = sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     assert checkpoints, "no checkpoint written"
 
-    eval_json = tmp_path / "eval.json"
-    result = run("ns-eval", "--load-config", str(run_dir / "config.yml"), "--output-path", str(eval_json))
+    eval_json, report = tmp_path / "eval.json", tmp_path / "report"
+    result = run(
+        "ns-eval",
+        "--load-config",
+        str(run_dir / "config.yml"),
+        "--output-path",
+        str(eval_json),
+        "--render-output-path",
+        str(report),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = json.loads(eval_json.read_text())["results"]
-    assert results, "ns-eval wrote no metrics"
+    check_eval_outputs(json.loads(eval_json.read_text())["results"], report, tiny_class)
 
     result = run(
         "ns-train",
@@ -98,6 +109,36 @@ def test_ns_train_then_ns_eval_and_resume(tiny_class, tmp_path):
     # nerfstudio counts --max-num-iterations from the resumed step (19): the run continues to step 44.
     resumed = out / tiny_class.name / "omnipose-ad" / "resumed" / "nerfstudio_models"
     assert [p.name for p in resumed.glob("step-*.ckpt")] == ["step-000000044.ckpt"]
+
+
+def check_eval_outputs(results: dict, report: Path, class_dir: Path) -> None:
+    """ns-eval's metrics keys and report files for a pad-synth class (which has test_poses.json)."""
+    queries = sorted(p.relative_to(class_dir).as_posix() for p in (class_dir / "test").glob("*/*.png"))
+    defect_types = sorted({Path(q).parent.name for q in queries} - {"good"})
+    expected = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max", "num_queries"}
+    expected |= {"seconds_per_query", "pose_rot_err_deg_median", "pose_trans_err_pct_median", "pose_within_2deg"}
+    expected |= {f"{level}_auroc_{t}" for level in ("image", "pixel") for t in defect_types}
+    assert expected <= set(results), expected - set(results)
+    assert results["num_queries"] == len(queries)
+    for key in expected - {"num_queries", "seconds_per_query", "pose_rot_err_deg_median", "pose_trans_err_pct_median"}:
+        assert 0.0 <= results[key] <= 1.0, (key, results[key])
+
+    with (report / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["image_path"] for row in rows) == queries
+    assert all(row["label"] == ("0" if "/good/" in row["image_path"] else "1") for row in rows)
+    assert all(float(row["rotation_error_deg"]) >= 0 for row in rows)
+    poses = json.loads((report / "poses.json").read_text())
+    assert sorted(poses) == queries
+    for pose in poses.values():
+        pose = np.asarray(pose)
+        assert pose.shape == (4, 4) and np.allclose(pose[3], [0, 0, 0, 1])
+        assert np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-4)
+    panels = sorted(p.relative_to(report / "panels").as_posix() for p in (report / "panels").glob("*/*.png"))
+    assert panels == sorted(q.removeprefix("test/") for q in queries)
+    width = Image.open(class_dir / queries[0]).size[0]
+    assert Image.open(report / "panels" / panels[0]).size[0] >= 4 * width  # query | reference | overlay | mask
+    assert (report / "curves.png").stat().st_size > 10_000
 
 
 def test_plugin_import_is_light():

@@ -286,7 +286,8 @@ def pro_curve(
     target = np.linspace(0.0, fpr_limit, points)
     # The threshold that lets through a fraction `target` of the negatives (at least the top one is excluded).
     index = np.clip(np.ceil((1.0 - target) * negatives.size).astype(np.int64), 0, negatives.size - 1)
-    thresholds = np.where(target > 0, negatives[index], np.nextafter(negatives[-1], np.inf))
+    above_all = np.nextafter(negatives[-1:], np.array(np.inf, negatives.dtype))  # in the maps' own precision
+    thresholds = np.where(target > 0, negatives[index], above_all)
     fpr = (negatives.size - np.searchsorted(negatives, thresholds, side="left")) / negatives.size
     pro = above[np.searchsorted(positives, thresholds, side="left")]
     return fpr, np.minimum(pro, 1.0)
