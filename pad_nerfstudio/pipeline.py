@@ -206,7 +206,7 @@ class OmniposePipeline(VanillaPipeline):
         """
         queries = self.test_queries()
         class_dir = Path(queries.metadata["class_dir"])
-        true_poses = _read_true_poses(class_dir)
+        true_poses = read_true_poses(class_dir)
         estimator, _ = self.detector()  # built before the clock starts: a one-off cost per class, not per query
         records: List[QueryRecord] = []
         columns = (
@@ -234,7 +234,7 @@ class OmniposePipeline(VanillaPipeline):
                         query=item["image"][..., :3].numpy(),
                         reference=inspection.reference.numpy(),
                         seconds=sum(inspection.seconds.values()),
-                        **_pose_errors(inspection.camera_to_world, true_poses.get(relative), estimator.centre),
+                        **pose_errors(inspection.camera_to_world, true_poses.get(relative), estimator.centre),
                     )
                 )
         elapsed = time.perf_counter() - started
@@ -272,7 +272,7 @@ def _fill_missing_fields(config: Any) -> None:
                 setattr(config, config_field.name, config_field.default)
 
 
-def _read_true_poses(class_dir: Path) -> Dict[str, np.ndarray]:
+def read_true_poses(class_dir: Path) -> Dict[str, np.ndarray]:
     """True camera-to-world of each test image (pad-synth's test_poses.json), keyed like the class folder."""
     path = class_dir / "test_poses.json"
     if not path.exists():
@@ -280,7 +280,7 @@ def _read_true_poses(class_dir: Path) -> Dict[str, np.ndarray]:
     return {name: np.asarray(pose, dtype=np.float64) for name, pose in json.loads(path.read_text()).items()}
 
 
-def _pose_errors(estimate: Tensor, truth: Optional[np.ndarray], centre: Tensor) -> Dict[str, Optional[float]]:
+def pose_errors(estimate: Tensor, truth: Optional[np.ndarray], centre: Tensor) -> Dict[str, Optional[float]]:
     if truth is None:
         return {"rotation_error_deg": None, "translation_error_pct": None}
     truth_tensor = torch.as_tensor(truth[:3, :4])
