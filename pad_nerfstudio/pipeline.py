@@ -35,6 +35,7 @@ from pad_nerfstudio.data.mad_layout import spread_subset
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
+from pad_nerfstudio.viewer import InspectionPanel
 
 
 @dataclass
@@ -92,6 +93,7 @@ class OmniposePipeline(VanillaPipeline):
         if config.startup_note and test_mode == "val":
             CONSOLE.print(f"[bold yellow]{config.startup_note}")
         self._detector: Optional[Tuple[PoseEstimator, AnomalyScorer]] = None
+        self.inspection = InspectionPanel(self)  # viewer panel (pad_nerfstudio/viewer), found by nerfstudio's viewer
 
     # ----------------------------------------------------------------------------------------------- training
     def carve_visual_hull(self, step: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Type
+from typing import Callable, Dict, List, Optional, Type
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,8 @@ class OmniposeModel(Model):
     """Object-centric radiance field with occupancy-grid ray marching and a white background."""
 
     config: OmniposeModelConfig
+    extra_outputs: Optional[Callable[[Cameras, Dict[str, Tensor]], Dict[str, Tensor]]] = None
+    """More outputs from a rendered camera and its outputs (set by the viewer's inspection panel: "anomaly")."""
 
     def populate_modules(self):
         super().populate_modules()
@@ -218,7 +220,10 @@ class OmniposeModel(Model):
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
         camera = camera.flatten()[0] if camera.shape else camera
         intrinsics = torch.cat([camera.fx, camera.fy, camera.cx, camera.cy]).flatten()
-        return self.render_image(camera.camera_to_worlds, intrinsics, int(camera.width), int(camera.height))
+        outputs = self.render_image(camera.camera_to_worlds, intrinsics, int(camera.width), int(camera.height))
+        if self.extra_outputs is not None:
+            outputs.update(self.extra_outputs(camera, outputs))
+        return outputs
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)[..., :3]
