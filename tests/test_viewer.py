@@ -255,9 +255,10 @@ def test_panel_waits_for_the_field_during_training(pipeline):
         assert not panel.field_is_usable() and not panel.refresh_availability()
         assert panel.localise_and_detect() is None and "now at step 10" in panel.step2_status.content
         assert panel.result is None and panel.step2_localise.disabled
-        trainer.step = 600
-        assert panel.refresh_availability() and not panel.step2_localise.disabled  # as on the next viewer render
-        assert "Localise & detect" in panel.step2_status.content
+        trainer.step = 600  # no render needed: the panel watches the trainer
+        panel._watcher.join(timeout=10)
+        assert not panel.step2_localise.disabled and "Localise & detect" in panel.step2_status.content
+        assert panel.refresh_availability()
     finally:
         pipeline.test_mode = "test"
         pipeline.model.extra_outputs = pipeline.inspection.outputs_for_view

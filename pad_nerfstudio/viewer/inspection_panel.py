@@ -13,9 +13,10 @@ prefixes: they make the panel read top to bottom in the order of use. nerfstudio
 trainer's lock (training pauses while a query is inspected) and re-renders the view after it.
 
 During training the panel stays disabled until the field is usable: from step `MIN_TRAINING_STEPS`, or once
-training has completed. The check runs with each viewer render (which is how the panel learns about training
-progress without a training callback of its own) and again on each click; the pose index is rebuilt whenever the
-field has trained further since it was built.
+training has completed. The panel learns about training progress without a training callback of its own: the
+first viewer render finds the trainer (through `ViewerControl`) and starts a small thread that polls its step
+until the field is usable; clicks check again. The pose index is rebuilt whenever the field has trained further
+since it was built.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class InspectionPanel(nn.Module):
         self._frusta: Dict[str, Any] = {}
         self._busy = threading.Lock()
         self._detector_step: Optional[int] = None
+        self._watcher: Optional[threading.Thread] = None
         self._training = getattr(pipeline, "test_mode", "val") == "val"
         options = self._read_test_queries(pipeline) or [NO_QUERIES]
         self.viewer_control = ViewerControl()
@@ -281,6 +283,10 @@ class InspectionPanel(nn.Module):
         if usable and self.step2_localise.disabled and not self._busy.locked():
             set_enabled(self.step2_localise, True)
             self.step2_status.content = self._idle_status()
+        elif not usable and self._watcher is None:
+            # Renders are rare once training ends (none while the camera rests): watch the trainer instead.
+            self._watcher = threading.Thread(target=self._watch_training, name="inspection-availability", daemon=True)
+            self._watcher.start()
         return usable
 
     def field_is_usable(self) -> bool:
@@ -378,6 +384,11 @@ class InspectionPanel(nn.Module):
                 image if kind == "estimated" else None,  # the true pose's lines stay visible next to it
                 result.centre,
             )
+
+    def _watch_training(self, poll_s: float = 2.0) -> None:
+        while not self.field_is_usable():
+            time.sleep(poll_s)
+        self.refresh_availability()
 
     def _show_query_cameras(self, shown: bool) -> None:
         for handle in self._frusta.values():
