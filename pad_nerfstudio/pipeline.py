@@ -11,7 +11,6 @@ split and returns the PAD metrics, so `ns-eval` reports them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig
-from pad_nerfstudio.anomaly.metrics import compute_anomaly_metrics
-from pad_nerfstudio.anomaly.report import QueryRecord, write_report
+from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_report
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
-from pad_nerfstudio.data.mad_layout import spread_subset
+from pad_nerfstudio.data.mad_layout import read_true_poses, spread_subset
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
@@ -240,24 +238,7 @@ class OmniposePipeline(VanillaPipeline):
                     )
                 )
         elapsed = time.perf_counter() - started
-        results: Dict[str, Any] = compute_anomaly_metrics(
-            [r.label for r in records],
-            [r.defect_type for r in records],
-            [r.score for r in records],
-            [r.gt_mask for r in records],
-            [r.anomaly_map for r in records],
-            size=self.config.scorer.map_size,
-        )
-        results.update(num_queries=len(records), seconds_per_query=elapsed / max(len(records), 1))
-        errors = [r for r in records if r.rotation_error_deg is not None]
-        if errors:
-            rotation = np.array([r.rotation_error_deg for r in errors])
-            translation = np.array([r.translation_error_pct for r in errors])
-            results.update(
-                pose_rot_err_deg_median=float(np.median(rotation)),
-                pose_trans_err_pct_median=float(np.median(translation)),
-                pose_within_2deg=float(np.mean(rotation <= 2.0)),
-            )
+        results = summarise_records(records, elapsed, size=self.config.scorer.map_size)
         if output_path is not None:
             write_report(Path(output_path), records, results, title=class_dir.name)
             CONSOLE.log(f"Anomaly panels, scores.csv, poses.json and curves written to {output_path}")
@@ -272,14 +253,6 @@ def _fill_missing_fields(config: Any) -> None:
                 setattr(config, config_field.name, config_field.default_factory())
             elif config_field.default is not dataclasses.MISSING:
                 setattr(config, config_field.name, config_field.default)
-
-
-def read_true_poses(class_dir: Path) -> Dict[str, np.ndarray]:
-    """True camera-to-world of each test image (pad-synth's test_poses.json), keyed like the class folder."""
-    path = class_dir / "test_poses.json"
-    if not path.exists():
-        return {}
-    return {name: np.asarray(pose, dtype=np.float64) for name, pose in json.loads(path.read_text()).items()}
 
 
 def pose_errors(estimate: Tensor, truth: Optional[np.ndarray], centre: Tensor) -> Dict[str, Optional[float]]:

@@ -24,9 +24,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from pad_nerfstudio.anomaly.metrics import pro_curve, resize_map, resize_mask
+from pad_nerfstudio.anomaly.metrics import compute_anomaly_metrics, pro_curve, resize_map, resize_mask
 
-__all__ = ["QueryRecord", "write_report", "heatmap_overlay", "anomaly_panel"]
+__all__ = ["QueryRecord", "summarise_records", "write_report", "heatmap_overlay", "anomaly_panel"]
 
 
 @dataclass
@@ -48,6 +48,32 @@ class QueryRecord:
     seconds: float
     rotation_error_deg: Optional[float] = None
     translation_error_pct: Optional[float] = None
+
+
+def summarise_records(records: Sequence[QueryRecord], seconds: float, size: int = 224) -> Dict[str, Any]:
+    """The metrics ns-eval reports for one class's evaluated queries (pose errors only where the truth is known).
+
+    ``seconds`` is the wall time spent on the queries (the one-off per-class set-up excluded).
+    """
+    results: Dict[str, Any] = compute_anomaly_metrics(
+        [r.label for r in records],
+        [r.defect_type for r in records],
+        [r.score for r in records],
+        [r.gt_mask for r in records],
+        [r.anomaly_map for r in records],
+        size=size,
+    )
+    results.update(num_queries=len(records), seconds_per_query=seconds / max(len(records), 1))
+    with_pose = [r for r in records if r.rotation_error_deg is not None]
+    if with_pose:
+        rotation = np.array([r.rotation_error_deg for r in with_pose])
+        translation = np.array([r.translation_error_pct for r in with_pose])
+        results.update(
+            pose_rot_err_deg_median=float(np.median(rotation)),
+            pose_trans_err_pct_median=float(np.median(translation)),
+            pose_within_2deg=float(np.mean(rotation <= 2.0)),
+        )
+    return results
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

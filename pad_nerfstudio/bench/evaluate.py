@@ -20,11 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from pad_nerfstudio.anomaly.metrics import compute_anomaly_metrics
-from pad_nerfstudio.anomaly.report import QueryRecord, write_report
+from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_report
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
-from pad_nerfstudio.pipeline import pose_errors, read_true_poses
+from pad_nerfstudio.data.mad_layout import read_true_poses
+from pad_nerfstudio.pipeline import pose_errors
 
 __all__ = ["Detection", "Detector", "load_split", "evaluate_detector", "read_scores_csv", "ProgressCallback"]
 
@@ -109,24 +109,7 @@ def evaluate_detector(
         )
     progress("inspecting queries", len(queries), len(queries))
     elapsed = time.perf_counter() - started
-    results: Dict[str, Any] = compute_anomaly_metrics(
-        [r.label for r in records],
-        [r.defect_type for r in records],
-        [r.score for r in records],
-        [r.gt_mask for r in records],
-        [r.anomaly_map for r in records],
-        size=map_size,
-    )
-    results.update(num_queries=len(records), seconds_per_query=elapsed / max(len(records), 1))
-    with_pose = [r for r in records if r.rotation_error_deg is not None]
-    if with_pose:
-        rotation = np.array([r.rotation_error_deg for r in with_pose])
-        translation = np.array([r.translation_error_pct for r in with_pose])
-        results.update(
-            pose_rot_err_deg_median=float(np.median(rotation)),
-            pose_trans_err_pct_median=float(np.median(translation)),
-            pose_within_2deg=float(np.mean(rotation <= 2.0)),
-        )
+    results = summarise_records(records, elapsed, size=map_size)
     if report_dir is not None:
         progress("writing report", 0, 1)
         write_report(Path(report_dir), records, results, title=class_dir.name, size=map_size)

@@ -213,6 +213,17 @@ def read_test_queries(class_dir: Path) -> TestQueries:
     return queries
 
 
+def read_true_poses(class_dir: Path) -> dict[str, np.ndarray]:
+    """True camera-to-world of each test image from pad-synth's test_poses.json, keyed like the class folder.
+
+    Empty when the class has no such file (real MAD data): only used to measure pose error, never as input.
+    """
+    path = class_dir / "test_poses.json"
+    if not path.exists():
+        return {}
+    return {name: np.asarray(pose, dtype=np.float64) for name, pose in json.loads(path.read_text()).items()}
+
+
 def spread_subset(positions: np.ndarray, count: int) -> np.ndarray:
     """Indices of ``count`` evenly spread points (farthest-point sampling, deterministic).
 

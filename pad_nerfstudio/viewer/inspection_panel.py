@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import threading
 import time
 import weakref
@@ -39,6 +38,7 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, Viewe
 from torch import Tensor, nn
 
 from pad_nerfstudio.data.mad_dataset import load_rgb
+from pad_nerfstudio.data.mad_layout import read_true_poses
 from pad_nerfstudio.pose.se3 import rotation_error_deg
 from pad_nerfstudio.viewer.anomaly_output import anomaly_output
 from pad_nerfstudio.viewer.display import heatmap_range, inspection_image, png_data_url, result_markdown
@@ -451,7 +451,7 @@ class InspectionPanel(nn.Module):
             CONSOLE.log(f"Inspection panel: no test queries ({error})")
             return []
         class_dir = Path(queries.metadata["class_dir"])
-        true_poses = _read_true_poses(class_dir)
+        true_poses = {name: torch.from_numpy(pose[:3]) for name, pose in read_true_poses(class_dir).items()}
         for index, path in enumerate(queries.image_filenames):
             name = Path(path).relative_to(class_dir).as_posix()
             defect_type = str(queries.metadata["defect_types"][index])
@@ -463,14 +463,6 @@ class InspectionPanel(nn.Module):
 
 class _QueryError(ValueError):
     """A query the pipeline cannot inspect, explained to the user."""
-
-
-def _read_true_poses(class_dir: Path) -> Dict[str, Tensor]:
-    """True camera-to-worlds (3 x 4) of the test images from pad-synth's test_poses.json, when present."""
-    path = class_dir / "test_poses.json"
-    if not path.exists():
-        return {}
-    return {name: torch.tensor(pose, dtype=torch.float64)[:3] for name, pose in json.loads(path.read_text()).items()}
 
 
 def _read_image(content: bytes, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
