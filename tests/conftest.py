@@ -1,11 +1,13 @@
-"""Shared fixtures: a tiny generated MAD class, generated once per test session."""
+"""Shared fixtures: a tiny generated MAD class and one briefly trained pipeline on it, built once per session."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/mad_fixtures.py
 
@@ -17,3 +19,62 @@ def tiny_class(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("pad-synth")
     return generate_dataset(root, classes=["gorilla"], size=48, n_test_good=3, n_test_defect=2, progress=False)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tiny_class) -> SimpleNamespace:
+    """The pipeline as ns-viewer builds it (test mode) on the tiny class, its field trained for 150 steps.
+
+    Training is most of the cost of the field, pose and viewer tests, so they share this one scene. Tests
+    must not change the model; the viewer tests may change the pipeline's inspection panel.
+    Holds: pipeline, model, cameras, intrinsics [n, 4], images [n, h, w, 3], losses (per-step MSE).
+    """
+    from pad_nerfstudio.data.datamanager import MADDataManagerConfig
+    from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
+    from pad_nerfstudio.field.model import OmniposeModelConfig
+    from pad_nerfstudio.field.rays import pixel_rays
+    from pad_nerfstudio.pipeline import OmniposePipelineConfig
+    from pad_nerfstudio.pose.alignment import AlignmentConfig
+    from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig
+    from pad_nerfstudio.pose.retrieval import RetrievalConfig
+
+    torch.manual_seed(0)
+    config = OmniposePipelineConfig(
+        datamanager=MADDataManagerConfig(dataparser=MADDataParserConfig(data=tiny_class)),
+        model=OmniposeModelConfig(grid_resolutions=(16, 48), occupancy_resolution=32),
+        # 48 px queries: no quarter-resolution round (12 px renders say nothing), short alignments
+        localisation=PoseEstimatorConfig(
+            retrieval=RetrievalConfig(input_size=96),
+            rounds=(
+                RoundConfig(0.5, AlignmentConfig(blur_sigmas=(2.0, 1.0), iterations=(10, 10), num_pixels=500)),
+                RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=800)),
+            ),
+        ),
+        hull_views=32,
+    )
+    pipeline = config.setup(device="cpu", test_mode="test")
+    pipeline.carve_visual_hull(step=0)
+    model, dataset = pipeline.model, pipeline.datamanager.train_dataset
+    images = torch.stack([dataset.get_image_float32(i) for i in range(len(dataset))])
+    cameras = dataset.cameras
+    intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1)
+    groups = model.get_param_groups()
+    optimizer = torch.optim.Adam([{"params": groups["fields"], "lr": 0.02}, {"params": groups["heads"], "lr": 0.005}])
+    height, width = images.shape[1:3]
+    losses = []
+    model.train()
+    for _ in range(150):  # random rays over all views, as the datamanager samples them
+        view = torch.randint(0, len(dataset), (1024,))
+        pixels = torch.stack([torch.randint(0, width, (1024,)), torch.randint(0, height, (1024,))], -1)
+        origins, directions = pixel_rays(cameras.camera_to_worlds[view], intrinsics[view], pixels.float())
+        result = model.render_rays(origins, directions, jitter=True)
+        batch = {"image": images[view, pixels[:, 1], pixels[:, 0]]}
+        loss = sum(model.get_loss_dict(result, batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(((result["rgb"].detach() - batch["image"]) ** 2).mean()))
+    model.eval()
+    return SimpleNamespace(
+        pipeline=pipeline, model=model, cameras=cameras, intrinsics=intrinsics, images=images, losses=losses
+    )

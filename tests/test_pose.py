@@ -12,8 +12,8 @@ import torch
 
 from pad_nerfstudio.anomaly.backbone import load_backbone
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
-from pad_nerfstudio.data.mad_dataset import MADDataset, load_rgb
-from pad_nerfstudio.field.model import OmniposeModelConfig
+from pad_nerfstudio.data.mad_dataset import load_rgb
+from pad_nerfstudio.data.mad_layout import read_true_poses
 from pad_nerfstudio.field.rays import pixel_rays
 from pad_nerfstudio.pose.alignment import AlignmentConfig, ReferenceView, align_to_reference
 from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig, render_views
@@ -193,32 +193,9 @@ def test_retrieval_finds_training_views_and_their_perturbed_renders(training, ba
 
 # ---------------------------------------------------------------------------------------------- tiny field
 @pytest.fixture(scope="module")
-def tiny_field(tiny_class):
-    """A field trained briefly on the 48 px class (the same recipe as the field tests)."""
-    torch.manual_seed(0)
-    outputs = MADDataParserConfig(data=tiny_class).setup().get_dataparser_outputs("train")
-    dataset = MADDataset(outputs)
-    images = torch.stack([dataset.get_image_float32(i) for i in range(len(dataset))])
-    model = OmniposeModelConfig(grid_resolutions=(16, 48), occupancy_resolution=32).setup(
-        scene_box=outputs.scene_box, num_train_data=len(dataset)
-    )
-    model.carve_visual_hull(dataset.cameras, list(images))
-    cameras = dataset.cameras
-    intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1)
-    groups = model.get_param_groups()
-    optimizer = torch.optim.Adam([{"params": groups["fields"], "lr": 0.02}, {"params": groups["heads"], "lr": 0.005}])
-    height, width = images.shape[1:3]
-    for _ in range(150):
-        view = torch.randint(0, len(dataset), (1024,))
-        pixels = torch.stack([torch.randint(0, width, (1024,)), torch.randint(0, height, (1024,))], -1)
-        origins, directions = pixel_rays(cameras.camera_to_worlds[view], intrinsics[view], pixels.float())
-        result = model.render_rays(origins, directions, jitter=True)
-        loss = sum(model.get_loss_dict(result, {"image": images[view, pixels[:, 1], pixels[:, 0]]}).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return model, cameras, intrinsics, images
+def tiny_field(tiny_scene):
+    """The session's briefly trained field on the 48 px class (see conftest.py)."""
+    return tiny_scene.model, tiny_scene.cameras, tiny_scene.intrinsics, tiny_scene.images
 
 
 @pytest.fixture(scope="module")
@@ -244,8 +221,8 @@ def estimator(tiny_field, backbone):
 
 
 def _query(tiny_class, name):
-    truth = json.loads((tiny_class / "test_poses.json").read_text())
-    return torch.from_numpy(load_rgb(tiny_class / name)).float() / 255, torch.tensor(truth[name])[:3].double()
+    truth = read_true_poses(tiny_class)
+    return torch.from_numpy(load_rgb(tiny_class / name)).float() / 255, torch.from_numpy(truth[name])[:3]
 
 
 def test_refinement_through_the_field_removes_most_of_a_known_perturbation(estimator, tiny_class):

@@ -1,6 +1,6 @@
 """The viewer's inspection panel without a browser: its callbacks on a tiny trained scene, a recording viser server.
 
-The scene's field trains for 100 steps in-process (the `slow` tests, under a minute on 2 CPU cores).
+The scene is the session's briefly trained pipeline (conftest.py `tiny_scene`, shared with the field and pose tests).
 
 `scripts/viewer_screenshot.py` drives the same panel in headless Chromium through `ns-viewer`; this test runs in CI.
 """
@@ -23,14 +23,6 @@ from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 from PIL import Image
 
-from pad_nerfstudio.data.datamanager import MADDataManagerConfig
-from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
-from pad_nerfstudio.field.model import OmniposeModelConfig
-from pad_nerfstudio.field.rays import pixel_rays
-from pad_nerfstudio.pipeline import OmniposePipelineConfig
-from pad_nerfstudio.pose.alignment import AlignmentConfig
-from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig
-from pad_nerfstudio.pose.retrieval import RetrievalConfig
 from pad_nerfstudio.viewer import InspectionPanel
 from pad_nerfstudio.viewer.anomaly_output import warp_to_camera
 from pad_nerfstudio.viewer.scene import nerfstudio_pose, viser_pose
@@ -83,43 +75,9 @@ class RecordingServer:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_class):
-    """The pipeline as ns-viewer builds it (test mode) on the 48 px class, its field trained briefly."""
-    torch.manual_seed(0)
-    config = OmniposePipelineConfig(
-        datamanager=MADDataManagerConfig(dataparser=MADDataParserConfig(data=tiny_class)),
-        model=OmniposeModelConfig(grid_resolutions=(16, 48), occupancy_resolution=32),
-        # 48 px queries: the pose tests' settings (no quarter-resolution round, short alignments)
-        localisation=PoseEstimatorConfig(
-            retrieval=RetrievalConfig(input_size=96),
-            rounds=(
-                RoundConfig(0.5, AlignmentConfig(blur_sigmas=(2.0, 1.0), iterations=(10, 10), num_pixels=500)),
-                RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=800)),
-            ),
-        ),
-        hull_views=32,
-    )
-    pipeline = config.setup(device="cpu", test_mode="test")
-    pipeline.carve_visual_hull(step=0)
-    model, dataset = pipeline.model, pipeline.datamanager.train_dataset
-    images = torch.stack([dataset.get_image_float32(i) for i in range(len(dataset))])
-    cameras = dataset.cameras
-    intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1)
-    groups = model.get_param_groups()
-    optimizer = torch.optim.Adam([{"params": groups["fields"], "lr": 0.02}, {"params": groups["heads"], "lr": 0.005}])
-    height, width = images.shape[1:3]
-    model.train()
-    for _ in range(100):
-        view = torch.randint(0, len(dataset), (1024,))
-        pixels = torch.stack([torch.randint(0, width, (1024,)), torch.randint(0, height, (1024,))], -1)
-        origins, directions = pixel_rays(cameras.camera_to_worlds[view], intrinsics[view], pixels.float())
-        result = model.render_rays(origins, directions, jitter=True)
-        loss = sum(model.get_loss_dict(result, {"image": images[view, pixels[:, 1], pixels[:, 0]]}).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return pipeline
+def pipeline(tiny_scene):
+    """The pipeline as ns-viewer builds it (test mode) on the 48 px class, its field trained briefly (conftest.py)."""
+    return tiny_scene.pipeline
 
 
 @pytest.fixture(scope="module")
