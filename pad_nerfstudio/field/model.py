@@ -126,7 +126,7 @@ class OmniposeModel(Model):
         count, device = len(origins), origins.device
         rgb = torch.ones(count, 3, device=device)
         accumulation = torch.zeros(count, 1, device=device)
-        depth = torch.zeros(count, 1, device=device)
+        depth = self._background_depth(origins)
         with torch.no_grad():
             box_min, box_max = self.occupancy.occupied_box()
             near, far = ray_box_intersection(origins, directions, box_min, box_max)
@@ -176,12 +176,23 @@ class OmniposeModel(Model):
         expected_t = torch.zeros(len(o), device=device).index_add(0, ray, weights * t)[:, None]
         rgb = rgb.index_put((hits,), shaded + (1.0 - acc))  # white background
         accumulation = accumulation.index_put((hits,), acc)
-        depth = depth.index_put((hits,), expected_t / acc.clamp_min(1e-6))
+        surface = torch.where(acc > self.config.min_contribution, expected_t / acc.clamp_min(1e-6), depth[hits])
+        depth = depth.index_put((hits,), surface)
         outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
         if self.training and self.config.distortion_loss_mult > 0:
             per_ray = distortion(weights, t / self.voxel_size, delta / self.voxel_size, ray, len(o))
             outputs["distortion"] = torch.zeros(count, 1, device=device).index_put((hits,), per_ray[:, None])
         return outputs
+
+    def _background_depth(self, origins: Float[Tensor, "n 3"]) -> Float[Tensor, "n 1"]:
+        """Depth of the white background: beyond the far side of the scene box, not 0.
+
+        The viewer composites its scene objects (cameras, query frustums) with this depth; 0 would put the
+        empty background in front of them. Pose code only uses the depth of opaque pixels.
+        """
+        low, high = self.occupancy.aabb.to(origins.device)
+        centre, radius = (low + high) / 2, float((high - low).norm()) / 2
+        return ((origins.detach() - centre).norm(dim=-1, keepdim=True) + radius).float()
 
     def _optical_depth(self, points: Float[Tensor, "p 3"], delta: float) -> Float[Tensor, " p"]:
         """Optical depth of ray segments of length ``delta`` at ``points`` (float64 for packed sums)."""

@@ -231,8 +231,7 @@ class InspectionPanel(nn.Module):
             set_enabled(self.step5_go_to_estimated_pose, True)
             cameras = "orange" + (", true pose green" if result.source.true_pose is not None else "")
             self.step2_status.content = (
-                f"Inspected `{source.name}` in {time.perf_counter() - started:.1f} s; camera in the scene: {cameras} "
-                "(hidden over the background? untick Composite depth)."
+                f"Inspected `{source.name}` in {time.perf_counter() - started:.1f} s; camera in the scene: {cameras}."
             )
             return result
         except _QueryError as error:
