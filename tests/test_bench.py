@@ -229,6 +229,11 @@ def test_correlations_match_scipy(tmp_path):
     assert ours["pearson_p"] == pytest.approx(stats.pearsonr(x, y)[1])
     assert ours["spearman_rho"] == pytest.approx(stats.spearmanr(x, y)[0])
     assert ours["spearman_p"] == pytest.approx(stats.spearmanr(x, y)[1])
+    # A few classes: exact permutation p-values (scipy's asymptotic Spearman p is 0 for a perfect ranking).
+    few = correlation([0.1, 0.5, 0.3, 0.9], [2.0, 7.0, 1.0, 9.0])
+    assert few["spearman_rho"] == pytest.approx(stats.spearmanr([0.1, 0.5, 0.3, 0.9], [2.0, 7.0, 1.0, 9.0])[0])
+    assert few["spearman_p"] == pytest.approx(8 / 24)  # 8 of the 24 orderings have |rho| >= 0.8
+    assert correlation([1, 2, 3], [1, 2, 3])["spearman_p"] == pytest.approx(1 / 3)  # 2 of 6 orderings
     assert correlation([1, 2], [3, 4])["pearson_r"] is None  # too few classes
     assert correlation([1, 1, 1], [3, 4, 5])["spearman_rho"] is None  # constant attribute
     assert correlation([1, 2, 3, None], [3, 1, 2, 8])["n"] == 3  # missing values dropped

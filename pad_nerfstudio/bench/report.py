@@ -93,10 +93,17 @@ def _number(value: Any) -> Optional[float]:
     return None
 
 
+EXACT_P_MAX_CLASSES = 7
+"""Up to this many classes the p-values come from all permutations of the pairs (7! = 5040 of them):
+scipy's asymptotic tests are far off for a handful of classes (Spearman's gives p = 0 for any perfect
+ranking of 3 classes, whose exact p is 1/3)."""
+
+
 def correlation(x: Sequence[float], y: Sequence[float]) -> Dict[str, Optional[float]]:
     """Pearson's r and Spearman's rho (with two-sided p-values) of paired values; None where undefined.
 
     Pairs with a missing value are dropped; fewer than 3 pairs, or a constant variable, give None.
+    p-values are exact permutation tests up to `EXACT_P_MAX_CLASSES` pairs, scipy's asymptotic ones above.
 
     Example:
         >>> round(correlation([1, 2, 3, 4], [1, 3, 2, 5])["pearson_r"], 4)
@@ -113,8 +120,13 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> Dict[str, Optional[fl
         return empty
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns for n < 3 and ties; both are handled above or harmless
-        pearson = stats.pearsonr(xs, ys)
-        spearman = stats.spearmanr(xs, ys)
+        if len(pairs) <= EXACT_P_MAX_CLASSES:
+            exact = stats.PermutationMethod()  # exact: n! <= its default 9999 resamples
+            pearson = stats.pearsonr(xs, ys, method=exact)
+            spearman = stats.pearsonr(stats.rankdata(xs), stats.rankdata(ys), method=exact)  # rho = r of ranks
+        else:
+            pearson = stats.pearsonr(xs, ys)
+            spearman = stats.spearmanr(xs, ys)
     return {
         "n": len(pairs),
         "pearson_r": _number(float(pearson[0])),
@@ -378,7 +390,8 @@ def _attribute_section(summary: Dict[str, Any]) -> List[str]:
         return lines + ["", f"Correlations need at least 3 classes ({len(per_class)} here); none computed."]
     lines += [
         "",
-        "Correlation over classes: Pearson r (p) / Spearman ρ (p), two-sided p-values; – for a constant variable.",
+        "Correlation over classes: Pearson r (p) / Spearman ρ (p), two-sided p-values (exact permutation tests "
+        f"up to {EXACT_P_MAX_CLASSES} classes); – for a constant variable.",
         "",
     ]
     cells = {(r["setting"], r["method"], r["metric"], r["attribute"]): r for r in summary["correlations"]}
