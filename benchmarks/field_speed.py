@@ -27,7 +27,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
 from pad_nerfstudio.data.mad_dataset import load_rgb
-from pad_nerfstudio.data.mad_layout import resolve_class_dir
+from pad_nerfstudio.data.mad_layout import read_true_poses, resolve_class_dir
 
 CONSOLE = Console()
 
@@ -91,17 +91,19 @@ def evaluate(pipeline, class_dir: Path, views: int) -> dict:
     pipeline.eval()
     model = pipeline.model
     template = pipeline.datamanager.train_dataset.cameras
-    poses = json.loads((class_dir / "test_poses.json").read_text())
+    poses = read_true_poses(class_dir)
+    if not poses:
+        raise SystemExit(f"{class_dir} has no test_poses.json: held-out views need pad-synth's true query poses")
     names = [n for n in poses if n.startswith("test/good/")][:views]
     psnr, ssim = [], []
     for name in names:
         truth = torch.from_numpy(load_rgb(class_dir / name)).float() / 255.0
-        camera = camera_for(torch.tensor(poses[name]), template, truth.shape[0]).to(model.device)
+        camera = camera_for(torch.from_numpy(poses[name]).float(), template, truth.shape[0]).to(model.device)
         rgb = model.get_outputs_for_camera(camera)["rgb"].cpu().clamp(0, 1)
         psnr.append(-10 * math.log10(float(((rgb - truth) ** 2).mean())))
         pair = (rgb.permute(2, 0, 1)[None], truth.permute(2, 0, 1)[None])
         ssim.append(float(structural_similarity_index_measure(*pair, data_range=1.0)))
-    camera = camera_for(torch.tensor(poses[names[0]]), template, 224).to(model.device)
+    camera = camera_for(torch.from_numpy(poses[names[0]]).float(), template, 224).to(model.device)
     model.get_outputs_for_camera(camera)  # warm-up
     start = time.perf_counter()
     model.get_outputs_for_camera(camera)

@@ -31,7 +31,7 @@ from rich.table import Table
 from pad_nerfstudio.anomaly.backbone import load_backbone
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
 from pad_nerfstudio.data.mad_dataset import load_rgb
-from pad_nerfstudio.data.mad_layout import resolve_class_dir
+from pad_nerfstudio.data.mad_layout import read_true_poses, resolve_class_dir
 from pad_nerfstudio.pose.refine import PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import (
     pixels_to_camera_directions,
@@ -131,14 +131,16 @@ def run_class(class_dir: Path, field: str, args, backbone) -> list[dict]:
         backbone=backbone,
     )
     CONSOLE.log(f"{class_dir.name}: estimator built in {time.perf_counter() - started:.1f} s")
-    truth = json.loads((class_dir / "test_poses.json").read_text())  # only for measuring errors
+    truth = read_true_poses(class_dir)  # only for measuring errors
+    if not truth:
+        raise SystemExit(f"{class_dir} has no test_poses.json: pose accuracy needs pad-synth's true query poses")
     names = [name for name in sorted(truth) if fnmatch.fnmatch(name, args.match)][:: args.every]
     if args.limit:
         names = names[: args.limit]
     rows = []
     for name in names:
         query = torch.from_numpy(load_rgb(class_dir / name)).float() / 255
-        true_pose = torch.tensor(truth[name], dtype=torch.float64)[:3]
+        true_pose = torch.from_numpy(truth[name])[:3]
         cpu = time.process_time()
         pose, diagnostics = estimator.estimate_pose(query)
         cpu = time.process_time() - cpu

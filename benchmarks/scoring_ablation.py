@@ -33,6 +33,7 @@ from rich.table import Table
 
 from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorerConfig
 from pad_nerfstudio.anomaly.metrics import compute_anomaly_metrics
+from pad_nerfstudio.data.mad_layout import read_true_poses
 
 CONSOLE = Console()
 
@@ -64,8 +65,7 @@ def main() -> None:
     queries = pipeline.test_queries()
     class_dir = Path(queries.metadata["class_dir"])
     estimated = json.loads(args.poses.read_text()) if args.poses else {}
-    truth_path = class_dir / "test_poses.json"
-    true_poses = json.loads(truth_path.read_text()) if truth_path.exists() else {}
+    true_poses = read_true_poses(class_dir)  # empty for real MAD data: only the estimated-pose column then
     estimator, _ = pipeline.detector()
 
     pairs = {"estimated pose": [], "true pose": []}
@@ -79,7 +79,7 @@ def main() -> None:
         pose = torch.tensor(estimated[name])[:3] if name in estimated else estimator.estimate_pose(query)[0]
         poses = {"estimated pose": pose}
         if name in true_poses:
-            poses["true pose"] = torch.tensor(true_poses[name])[:3]
+            poses["true pose"] = torch.from_numpy(true_poses[name])[:3]
         for key, value in poses.items():
             render = pipeline.model.render_image(value.float(), intrinsics, width, height)["rgb"].clamp(0, 1).cpu()
             pairs[key].append((query.permute(2, 0, 1), render.permute(2, 0, 1)))
