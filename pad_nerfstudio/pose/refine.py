@@ -8,7 +8,7 @@ distinct hypotheses are rendered together in one batch of rays at quarter resolu
 to each rendering (robust Gauss-Newton direct alignment, `align_to_reference`) and the lowest fixed-scale
 robust residual wins (the best two survive to the half-resolution round), which also catches retrieval and
 PnP mistakes on near-symmetric objects; (4) the winner goes through render-then-align rounds at increasing
-resolution (half, then full), each starting from the previous estimate; (5) if the final fit is much worse
+resolution (half, then full twice), each starting from the previous estimate; (5) if the final fit is much worse
 than the field's typical fit (calibrated on training views), the fine stage runs again from the training
 views nearest to the estimate. The field is rendered once per round and never differentiated, which is what
 makes this orders of magnitude cheaper than iNeRF's hundreds of back-propagated steps. Everything is
@@ -79,12 +79,15 @@ class PoseEstimatorConfig(InstantiateConfig):
             RoundConfig(0.25, AlignmentConfig(blur_sigmas=(4.0, 2.0), iterations=(10, 10), num_pixels=1500), keep=2),
             RoundConfig(0.5, AlignmentConfig(blur_sigmas=(2.0, 1.0), iterations=(10, 10), num_pixels=2000)),
             RoundConfig(1.0, AlignmentConfig(blur_sigmas=(1.0, 0.5), iterations=(10, 15), num_pixels=3000)),
+            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=6000)),
         )
     )
     """Render-then-align rounds, coarse to fine. Each renders all surviving hypotheses in one batch of rays,
     aligns the query to each rendering and passes the ``keep`` best fits on. Scores at quarter resolution are
     noisy, so two hypotheses survive the first round (measured: the best quarter-resolution fit was a 20 degree
-    start that ended in a 17 degree local minimum while a 7.6 degree start scored second)."""
+    start that ended in a 17 degree local minimum while a 7.6 degree start scored second). The second
+    full-resolution round re-renders at the refined pose, so the field's depth errors warp less: measured on
+    three 200 px pad-synth classes, median rotation error 0.159 -> 0.142 deg, for 0.3-0.4 s more per query."""
     retry_factor: float = 3.0
     """If the final fit is this many times worse than the field's typical fit (measured on training views when
     the estimator is built), the fine stage is run again from the training views nearest to the estimate and
