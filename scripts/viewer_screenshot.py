@@ -7,9 +7,9 @@ What it does, end to end:
 3. starts `ns-viewer --load-config .../config.yml --viewer.websocket-port <free port>`;
 4. opens the viewer in headless Chromium (Selenium driving /usr/bin/chromium with --headless --no-sandbox),
    selects a query in the panel's "Query" dropdown, presses "Localise & detect", waits for the result (the
-   panel's picture, score and decision), unticks "Composite depth" (the field renders depth 0 over the
-   background, which would hide the scene's cameras there), steps back from the query's pose with the mouse
-   wheel, orbits a little and saves a screenshot of the whole page;
+   panel's picture, score and decision), steps back from the query's pose with the mouse wheel, orbits a
+   little and saves a screenshot of the whole page (depth compositing stays on: the scene's cameras show
+   over the background and hide behind the object);
 5. with ``--anomaly-out``, also presses "Go to estimated pose", switches the viewer's output to "anomaly" and
    saves a second screenshot.
 
@@ -137,9 +137,6 @@ def inspect_in_browser(url: str, args: argparse.Namespace) -> None:
         print("Localising and detecting (the first click also builds the pose index)...")
         wait_for_result(driver, url, RESULT_TIMEOUT_S)
         click_button(driver, "Go to estimated pose")  # what "Localise & detect" did while the page was away
-        # The field renders depth 0 where it sees background, so with depth compositing on, the scene's
-        # cameras are hidden there: switch it off to see the query's cameras.
-        set_checkbox(driver, "Composite depth", False)
         time.sleep(5)  # the browser camera has reached the query's estimated pose
         step_back_and_orbit(driver)
         time.sleep(30)  # the viewer re-renders at the new camera pose, first coarse, then at full resolution
@@ -233,15 +230,6 @@ def click_button(driver, text: str, timeout: float = 120) -> None:
     button = wait_for(driver, f"//button[.//*[normalize-space()='{text}']]", timeout)
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
     button.click()
-
-
-def set_checkbox(driver, label: str, checked: bool, timeout: float = 60) -> None:
-    from selenium.webdriver.common.by import By
-
-    field_label = wait_for(driver, f"//label[normalize-space()='{label}']", timeout)
-    box = driver.find_element(By.ID, field_label.get_attribute("for"))
-    if box.is_selected() != checked:
-        driver.execute_script("arguments[0].click();", box)
 
 
 def step_back_and_orbit(driver) -> None:
