@@ -26,7 +26,7 @@ import numpy as np
 
 from pad_nerfstudio.anomaly.metrics import compute_anomaly_metrics, pro_curve, resize_map, resize_mask
 
-__all__ = ["QueryRecord", "summarise_records", "write_report", "heatmap_overlay", "anomaly_panel"]
+__all__ = ["QueryRecord", "summarise_records", "write_report", "heatmap_overlay", "anomaly_panel", "to_uint8"]
 
 
 @dataclass
@@ -76,7 +76,8 @@ def summarise_records(records: Sequence[QueryRecord], seconds: float, size: int 
     return results
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] as uint8, rounded (values outside are clipped)."""
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -99,9 +100,9 @@ def heatmap_overlay(
     low, high = value_range
     resized = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     level = np.clip((resized - low) / max(high - low, 1e-12), 0.0, 1.0)
-    colours = cv2.applyColorMap(_to_uint8(level), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32) / 255.0
+    colours = cv2.applyColorMap(to_uint8(level), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32) / 255.0
     alpha = opacity * np.sqrt(level)[..., None]
-    return _to_uint8((1.0 - alpha) * image[..., :3] + alpha * colours)
+    return to_uint8((1.0 - alpha) * image[..., :3] + alpha * colours)
 
 
 def anomaly_panel(
@@ -112,10 +113,10 @@ def anomaly_panel(
     reference = cv2.resize(record.reference.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
     mask = resize_mask(record.gt_mask, (height, width)).astype(np.float32)
     tiles = [
-        _to_uint8(record.query),
-        _to_uint8(reference),
+        to_uint8(record.query),
+        to_uint8(reference),
         heatmap_overlay(record.query, record.anomaly_map, value_range),
-        _to_uint8(np.repeat(mask[..., None], 3, axis=-1)),
+        to_uint8(np.repeat(mask[..., None], 3, axis=-1)),
     ]
     gap = np.full((height, 4, 3), 255, np.uint8)
     row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)

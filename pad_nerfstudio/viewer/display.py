@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from pad_nerfstudio.anomaly.report import heatmap_overlay
+from pad_nerfstudio.anomaly.report import heatmap_overlay, to_uint8
 
 __all__ = ["heatmap_range", "decision", "inspection_image", "png_data_url", "result_markdown"]
 
@@ -64,8 +64,8 @@ def inspection_image(
     size = (tile, max(1, round(tile * height / width)))
     reference = cv2.resize(reference.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
     tiles = {
-        "query": _to_uint8(query),
-        "reference": _to_uint8(reference),
+        "query": to_uint8(query),
+        "reference": to_uint8(reference),
         "heat map": heatmap_overlay(query, anomaly_map, value_range, opacity),
     }
     if gt_mask is not None:
@@ -113,10 +113,6 @@ def result_markdown(
     stages = ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items())
     lines += ["", f"{sum(seconds.values()):.1f} s ({stages})"]
     return "\n".join(lines)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image[..., :3], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _labelled(image: np.ndarray, label: str) -> np.ndarray:

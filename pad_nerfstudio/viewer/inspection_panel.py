@@ -37,6 +37,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerDropdown, ViewerSlider
 from torch import Tensor, nn
 
+from pad_nerfstudio.anomaly.report import to_uint8
 from pad_nerfstudio.data.mad_dataset import load_rgb
 from pad_nerfstudio.data.mad_layout import read_true_poses
 from pad_nerfstudio.pose.se3 import rotation_error_deg
@@ -366,7 +367,7 @@ class InspectionPanel(nn.Module):
         server = self._server()
         if server is None:
             return
-        image = (np.clip(result.query, 0.0, 1.0) * 255).astype(np.uint8)
+        image = to_uint8(result.query)
         poses = {"estimated": (result.inspection.camera_to_world, ESTIMATED_COLOUR)}
         if result.source.true_pose is not None:
             poses["true"] = (result.source.true_pose, TRUE_COLOUR)
