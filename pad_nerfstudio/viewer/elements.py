@@ -23,15 +23,19 @@ __all__ = ["ViewerMarkdown", "ViewerUploadButton", "ViewerProgressBar", "set_ena
 def set_enabled(element: ViewerElement, enabled: bool) -> None:
     """Enable or grey out an element, whether or not a viewer has installed it yet."""
     element.disabled = not enabled
-    if element.gui_handle is not None:
-        element.gui_handle.disabled = not enabled
+    _write_through(element, "disabled", not enabled)
 
 
 def set_shown(element: ViewerElement, shown: bool) -> None:
     """Show or hide an element, whether or not a viewer has installed it yet."""
     element.visible = shown
+    _write_through(element, "visible", shown)
+
+
+def _write_through(element: ViewerElement, attribute: str, value: Any) -> None:
+    """Show a state change at once when the element is installed (else the viewer installs it with the state)."""
     if element.gui_handle is not None:
-        element.gui_handle.visible = shown
+        setattr(element.gui_handle, attribute, value)
 
 
 class ViewerMarkdown(ViewerElement[str]):
@@ -55,8 +59,7 @@ class ViewerMarkdown(ViewerElement[str]):
     @content.setter
     def content(self, content: str) -> None:
         self._content = content
-        if self.gui_handle is not None:
-            self.gui_handle.content = content
+        _write_through(self, "content", content)
 
     def _create_gui_handle(self, viser_server: ViserServer) -> None:
         self.gui_handle = viser_server.gui.add_markdown(self._content, visible=self.visible)
@@ -127,8 +130,7 @@ class ViewerProgressBar(ViewerElement[float]):
     @value.setter
     def value(self, value: float) -> None:
         self._value = min(max(float(value), 0.0), 100.0)
-        if self.gui_handle is not None:
-            self.gui_handle.value = self._value
+        _write_through(self, "value", self._value)
 
     @property
     def animated(self) -> bool:
@@ -137,8 +139,7 @@ class ViewerProgressBar(ViewerElement[float]):
     @animated.setter
     def animated(self, animated: bool) -> None:
         self._animated = animated
-        if self.gui_handle is not None:
-            self.gui_handle.animated = animated
+        _write_through(self, "animated", animated)
 
     def _create_gui_handle(self, viser_server: ViserServer) -> None:
         self.gui_handle = viser_server.gui.add_progress_bar(self._value, visible=self.visible, animated=self._animated)
