@@ -91,8 +91,7 @@ def draw_query_camera(
     """
     height, width = size
     wxyz, position = viser_pose(camera_to_world)
-    centre_np = np.zeros(3) if centre is None else torch.as_tensor(centre).double().cpu().numpy()
-    distance = float(np.linalg.norm(position - centre_np * VISER_NERFSTUDIO_SCALE_RATIO))
+    distance = float(np.linalg.norm(position - _scene_point(centre)))
     return server.scene.add_camera_frustum(
         name,
         fov=vertical_fov(intrinsics, height),
@@ -119,8 +118,7 @@ def move_viewer_cameras(
     """
     wxyz, position = viser_pose(camera_to_world)
     forward = vtf.SO3(wxyz).as_matrix()[:, 2]  # OpenCV: the camera looks down +z
-    centre_np = np.zeros(3) if centre is None else torch.as_tensor(centre).double().cpu().numpy()
-    depth = float((centre_np * VISER_NERFSTUDIO_SCALE_RATIO - position) @ forward)
+    depth = float((_scene_point(centre) - position) @ forward)
     clients: Dict[int, Any] = server.get_clients()
     for client in clients.values():
         with client.atomic():
@@ -143,6 +141,13 @@ def is_at_pose(
     rotation = float(rotation_error_deg(camera_to_world, target))
     translation = float(translation_error_percent(camera_to_world, target, centre))
     return rotation <= max_rotation_deg and translation <= max_translation_percent
+
+
+def _scene_point(point: Optional[Float[Tensor, "3"]]) -> np.ndarray:
+    """A nerfstudio world point in the viser scene (the world origin when None)."""
+    if point is None:
+        return np.zeros(3)
+    return torch.as_tensor(point).double().cpu().numpy() * VISER_NERFSTUDIO_SCALE_RATIO
 
 
 def _thumbnail(image: np.ndarray, max_side: int = 256) -> np.ndarray:
