@@ -35,6 +35,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerDropdown, ViewerSlider
+from PIL import Image
 from torch import Tensor, nn
 
 from pad_nerfstudio.anomaly.report import to_uint8
@@ -353,7 +354,8 @@ class InspectionPanel(nn.Module):
         if source.content is None:
             item = self._pipeline.test_queries()[source.index]
             return item["image"][..., :3].float().numpy(), item["gt_mask"].numpy().astype(bool)
-        height, width = _read_image(source.content).shape[:2]
+        with Image.open(io.BytesIO(source.content)) as header:  # the size only: pixels are decoded once, below
+            width, height = header.size
         view_width, view_height = view_size
         if abs(width * view_height - height * view_width) > 0.02 * height * view_width:
             raise _QueryError(
