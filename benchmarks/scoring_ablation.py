@@ -66,7 +66,7 @@ def main() -> None:
     class_dir = Path(queries.metadata["class_dir"])
     estimated = json.loads(args.poses.read_text()) if args.poses else {}
     true_poses = read_true_poses(class_dir)  # empty for real MAD data: only the estimated-pose column then
-    estimator, _ = pipeline.detector()
+    estimator, default_scorer = pipeline.detector()
 
     pairs = {"estimated pose": [], "true pose": []}
     items = []
@@ -90,7 +90,7 @@ def main() -> None:
     for column in ("reference", "scorer", "image AUROC", "pixel AUROC", "AUPRO", "good FPR @95% recall"):
         table.add_column(column, justify="right")
     figures = []
-    backbone = pipeline.detector()[1].backbone
+    backbone = default_scorer.backbone  # shared by every variant
     for reference_kind, reference_pairs in pairs.items():
         if len(reference_pairs) != len(items):
             continue
