@@ -240,7 +240,7 @@ class OmniposePipeline(VanillaPipeline):
         elapsed = time.perf_counter() - started
         results = summarise_records(records, elapsed, size=self.config.scorer.map_size)
         if output_path is not None:
-            write_report(Path(output_path), records, results, title=class_dir.name)
+            write_report(Path(output_path), records, results, title=class_dir.name, size=self.config.scorer.map_size)
             CONSOLE.log(f"Anomaly panels, scores.csv, poses.json and curves written to {output_path}")
         return results
 
