@@ -1,17 +1,23 @@
 """Analytic, vectorised ray casting of brick scenes made of axis-aligned boxes and vertical cylinders. Instead of
 testing every ray against every primitive, each primitive is tested only against the supersamples inside its
 projected screen rectangle, so the cost follows the object's screen area rather than rays x primitives; the nearest
-hit per sample is then shaded (Lambertian, two fixed world-space lights plus ambient, thin dark seams at face edges)
-and the samples of each pixel are averaged for anti-aliasing. Everything is plain numpy and deterministic.
+hit per sample is then shaded (Lambertian, two fixed world-space lights plus ambient, thin dark seams at face edges;
+optionally Blinn-Phong gloss and cast shadows, see :class:`Shading`) and the samples of each pixel are averaged for
+anti-aliasing. Shadows come from one shadow map per light, traced by the same ray caster from a distant, narrow
+camera looking along the light (nearly orthographic); as the lights are fixed in the world, a scene's maps serve
+every view of it and are cached by geometry. Everything is plain numpy and deterministic.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, focal_length, pixel_directions
+from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, focal_length, look_at, pixel_directions
 
 NO_PART = -1
 """Part label of background samples."""
@@ -27,6 +33,42 @@ EDGE_WIDTH_PX = 0.7
 EDGE_DARKENING = 0.45
 MAX_PAIRS_PER_CHUNK = 1 << 20
 """Bounds memory: ray-primitive candidate pairs are processed in chunks of at most this many."""
+GLOSS_STRENGTH = 0.4
+"""Peak of the white highlight of the key (first) light; the other light's highlight scales with its intensity."""
+GLOSS_EXPONENT = 45.0
+"""Blinn-Phong exponent: small, sharp highlights as on moulded plastic."""
+SHADOW_MAP_SIZE = 320
+"""Shadow map resolution per light, in texels per side over the framed object (~130 texels per world unit)."""
+SHADOW_DISTANCE = 60.0
+"""Distance of the shadow cameras from the origin; rays within a map diverge by at most 1.4 degrees."""
+SHADOW_FRAME_RADIUS = 1.45
+"""Radius of the sphere the shadow maps frame: the object (radius 1.1) plus room for burrs."""
+SHADOW_BIAS_TEXELS = (1.0, 1.5)
+"""Depth bias against self-shadowing ("acne"): constant plus slope term, both in texels at the hit's depth."""
+SHADOW_MAX_SLOPE = 6.0
+"""Cap of the slope term (surfaces nearly parallel to a light get almost no light from it anyway)."""
+
+
+@dataclass(frozen=True)
+class Shading:
+    """Optional terms of the light model on top of the Lambertian base (ambient + diffuse of ``LIGHTS``, seams).
+
+    Example:
+        >>> image = render(scene, c2w, 64, shading=Shading(gloss=True, shadows=True))
+    """
+
+    gloss: bool = False
+    """Blinn-Phong specular highlights, white, from the same lights."""
+    shadows: bool = False
+    """Cast shadows: a hit that a light does not reach loses that light's diffuse and specular terms."""
+
+    def shadow_maps(self, scene: Scene) -> ShadowMaps | None:
+        """What :func:`trace` needs for this shading: the scene's shadow maps, or None without shadows."""
+        return shadow_maps(scene) if self.shadows else None
+
+
+LAMBERTIAN = Shading()
+"""The plain light model (no gloss, no shadows)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +154,8 @@ class Hits:
     """(M, 3) outward unit normals."""
     edge_distance: np.ndarray
     """(M,) world distance from the hit to the nearest edge of its face."""
+    lit: np.ndarray | None = None
+    """(M, L) fraction of each of the ``LIGHTS`` that reaches the hit (None when traced without shadows)."""
 
     @property
     def hit(self) -> np.ndarray:
@@ -131,9 +175,17 @@ class Hits:
 
 
 def trace(
-    scene: Scene, c2w: np.ndarray, size: int, supersample: int = 3, camera_angle_x: float = CAMERA_ANGLE_X
+    scene: Scene,
+    c2w: np.ndarray,
+    size: int,
+    supersample: int = 3,
+    camera_angle_x: float = CAMERA_ANGLE_X,
+    shadows: ShadowMaps | None = None,
 ) -> Hits:
     """Cast a ``supersample`` x ``supersample`` grid of rays per pixel of a ``size`` x ``size`` view into ``scene``.
+
+    With ``shadows`` (the scene's :func:`shadow_maps`), the hits also get ``lit``: how much of each light reaches
+    them past the scene's own geometry.
 
     Example:
         >>> hits = trace(scene, look_at(np.array([4.0, 0.0, 0.0])), 64, supersample=2)
@@ -143,8 +195,7 @@ def trace(
     origin = np.asarray(c2w[:3, 3], dtype=np.float64)
     samples = size * supersample
     n = samples * samples
-    cylinder_lo = np.concatenate([scene.cylinder_xy - scene.cylinder_radius[:, None], scene.cylinder_z[:, :1]], 1)
-    cylinder_hi = np.concatenate([scene.cylinder_xy + scene.cylinder_radius[:, None], scene.cylinder_z[:, 1:]], 1)
+    cylinder_lo, cylinder_hi = _cylinder_bounds(scene)
     box_rects = _screen_rects(scene.box_lo, scene.box_hi, c2w, size, supersample, focal)
     cylinder_rects = _screen_rects(cylinder_lo, cylinder_hi, c2w, size, supersample, focal)
 
@@ -205,21 +256,43 @@ def trace(
         points,
         normals,
         edge,
+        None if shadows is None else shadows.lit(points, normals),
     )
 
 
-def shade(hits: Hits, albedo: np.ndarray | None = None) -> np.ndarray:
-    """Lambertian colour of every hit, (M, 3) in [0, 1].
+def shade(hits: Hits, albedo: np.ndarray | None = None, gloss: bool = False) -> np.ndarray:
+    """Colour of every hit, (M, 3) in [0, 1]: Lambertian, plus white Blinn-Phong highlights with ``gloss``.
 
     ``albedo`` (M, 3) replaces the primitives' colours (this is how stains recolour the surface without geometry).
+    Lights are attenuated by ``hits.lit`` when the hits were traced with shadows.
     """
     albedo = hits.albedo if albedo is None else albedo
     light = np.full(len(hits.index), AMBIENT)
-    for direction, intensity in LIGHTS:
-        light += intensity * np.maximum(hits.normals @ direction, 0.0)
+    specular = np.zeros(len(hits.index)) if gloss else None
+    if gloss:
+        # With unit n, v and l, the Blinn-Phong n.h is (n.v + n.l) / |v + l| and |v + l|^2 = 2 + 2 v.l.
+        to_camera = hits.origin - hits.points
+        to_camera /= np.sqrt(np.einsum("ij,ij->i", to_camera, to_camera))[:, None]
+        normal_view = np.einsum("ij,ij->i", hits.normals, to_camera)
+    for k, (direction, intensity) in enumerate(LIGHTS):
+        cosine = hits.normals @ direction
+        weight = intensity if hits.lit is None else intensity * hits.lit[:, k]
+        light += weight * np.maximum(cosine, 0.0)
+        if gloss:
+            facing = np.flatnonzero(cosine > 0.0)
+            halfway_length = np.sqrt(np.maximum(2.0 + 2.0 * (to_camera[facing] @ direction), 1e-12))
+            highlight = np.maximum((normal_view[facing] + cosine[facing]) / halfway_length, 0.0) ** GLOSS_EXPONENT
+            specular[facing] += (
+                (GLOSS_STRENGTH / LIGHTS[0][1]) * highlight * (weight if np.isscalar(weight) else weight[facing])
+            )
     seam_width = EDGE_WIDTH_PX * hits.depth[hits.index] / hits.focal
-    light *= 1.0 - EDGE_DARKENING * (1.0 - np.clip(hits.edge_distance / seam_width, 0.0, 1.0))
-    return np.clip(albedo * light[:, None], 0.0, 1.0)
+    seam = 1.0 - EDGE_DARKENING * (1.0 - np.clip(hits.edge_distance / seam_width, 0.0, 1.0))
+    light *= seam
+    colour = albedo * light[:, None]
+    if gloss:
+        # The highlight is reflected, not absorbed: white whatever the albedo; seams are grooves and stay dark.
+        colour = colour + (specular * seam)[:, None]
+    return np.clip(colour, 0.0, 1.0)
 
 
 def compose(hits: Hits, colours: np.ndarray, background: float = 1.0) -> np.ndarray:
@@ -245,16 +318,214 @@ def resolve(values: np.ndarray, size: int, supersample: int) -> np.ndarray:
 
 
 def render(
-    scene: Scene, c2w: np.ndarray, size: int, supersample: int = 3, camera_angle_x: float = CAMERA_ANGLE_X
+    scene: Scene,
+    c2w: np.ndarray,
+    size: int,
+    supersample: int = 3,
+    camera_angle_x: float = CAMERA_ANGLE_X,
+    shading: Shading = LAMBERTIAN,
 ) -> np.ndarray:
     """Anti-aliased RGB image (size, size, 3) in [0, 1] of ``scene`` seen from camera-to-world pose ``c2w``."""
-    hits = trace(scene, c2w, size, supersample, camera_angle_x)
-    return compose(hits, shade(hits))
+    hits = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shading.shadow_maps(scene))
+    return compose(hits, shade(hits, gloss=shading.gloss))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> 8-bit with rounding (what gets written to PNG)."""
     return np.clip(np.floor(image * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ShadowMaps:
+    """Depth of a scene seen from each of the ``LIGHTS`` by a distant, narrow (nearly orthographic) camera.
+
+    A point is shadowed from a light when its depth along that light's camera exceeds the depth stored for its texel
+    by more than a bias. Build with :func:`shadow_maps`; a defect's maps are derived from the intact object's with
+    :meth:`with_boxes` and :meth:`without_part`, which retrace only what changed and give the same maps as tracing
+    the defective scene from scratch.
+    """
+
+    c2w: np.ndarray
+    """(L, 4, 4) camera-to-world of the shadow cameras, one per light, looking at the origin against the light."""
+    camera_angle: float
+    """Field of view of the shadow cameras (radians), framing a sphere of ``SHADOW_FRAME_RADIUS``."""
+    depth: np.ndarray
+    """(L, S, S) depth of the nearest surface per texel (inf where the light passes the object)."""
+    part: np.ndarray
+    """(L, S, S) part label of that surface (``NO_PART`` where there is none)."""
+
+    @property
+    def size(self) -> int:
+        return self.depth.shape[1]
+
+    @property
+    def focal(self) -> float:
+        return focal_length(self.size, self.camera_angle)
+
+    def lit(self, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        """(M, L) fraction of each light reaching the points (M, 3), filtered over the 2 x 2 nearest texels.
+
+        A surface facing away from a light is in its own shadow (0). The bias grows with the slope of the surface
+        (from ``normals``) because a texel covers a longer depth range on a surface seen at a grazing angle.
+        """
+        size, focal = self.size, self.focal
+        lit = np.zeros((len(points), len(LIGHTS)))
+        constant, per_slope = SHADOW_BIAS_TEXELS
+        for k, ((direction, _), c2w) in enumerate(zip(LIGHTS, self.c2w)):
+            cosine = normals @ direction
+            facing = np.flatnonzero(cosine > 0.0)
+            camera = (points[facing] - c2w[:3, 3]) @ c2w[:3, :3]
+            depth = -camera[:, 2]
+            # Continuous texel coordinates with texel centres on integers.
+            x = 0.5 * size - 0.5 + (focal * camera[:, 0]) / depth
+            y = 0.5 * size - 0.5 - (focal * camera[:, 1]) / depth
+            cosine = np.clip(cosine[facing], 1e-3, 1.0)
+            slope = np.minimum(np.sqrt(1.0 - cosine * cosine) / cosine, SHADOW_MAX_SLOPE)
+            reached = depth - depth / focal * (constant + per_slope * slope)
+            x0, y0 = np.floor(x), np.floor(y)
+            fx, fy = x - x0, y - y0
+            # Through a border of inf, the texels of a point just off the map see nothing in the way; points farther
+            # off (none: the maps frame the whole object) count as lit.
+            stored = np.pad(self.depth[k], 1, constant_values=np.inf).ravel()
+            stride = size + 2
+            on_map = (x0 >= -1) & (x0 < size) & (y0 >= -1) & (y0 < size)
+            row = (np.clip(y0, -1, size - 1) + 1).astype(np.int64)
+            column = (np.clip(x0, -1, size - 1) + 1).astype(np.int64)
+            top_left = row * stride + column
+            clear = [reached <= stored[top_left + offset] for offset in (0, 1, stride, stride + 1)]
+            filtered = (1.0 - fy) * ((1.0 - fx) * clear[0] + fx * clear[1]) + fy * (
+                (1.0 - fx) * clear[2] + fx * clear[3]
+            )
+            lit[facing, k] = np.where(on_map, filtered, 1.0)
+        return lit
+
+    def with_boxes(self, lo: np.ndarray, hi: np.ndarray, part: np.ndarray) -> ShadowMaps:
+        """The maps after adding boxes (like :meth:`Scene.with_boxes`): only the new boxes are traced."""
+        lo = np.asarray(lo, dtype=np.float64).reshape(-1, 3)
+        added = Scene(
+            box_lo=lo,
+            box_hi=np.asarray(hi, dtype=np.float64).reshape(-1, 3),
+            box_colour=np.zeros_like(lo),
+            box_part=np.asarray(part, dtype=np.int64),
+            cylinder_xy=np.zeros((0, 2)),
+            cylinder_z=np.zeros((0, 2)),
+            cylinder_radius=np.zeros(0),
+            cylinder_colour=np.zeros((0, 3)),
+            cylinder_part=np.zeros(0, dtype=np.int64),
+        )
+        depth, parts = self.depth.copy(), self.part.copy()
+        for k, c2w in enumerate(self.c2w):
+            hits = trace(added, c2w, self.size, 1, self.camera_angle)
+            # Ties keep the existing surface; the depth is the same either way.
+            nearer = hits.depth.reshape(self.size, self.size) < depth[k]
+            depth[k][nearer] = hits.depth.reshape(self.size, self.size)[nearer]
+            parts[k][nearer] = hits.part.reshape(self.size, self.size)[nearer]
+        return dataclasses.replace(self, depth=depth, part=parts)
+
+    def without_part(self, scene: Scene, part: int) -> ShadowMaps:
+        """The maps of ``scene``: these maps' scene without the primitives of ``part`` (plus, at most, geometry that
+        was hidden inside them, like the studs a removed brick covered).
+
+        Only texels whose nearest surface was ``part`` can change; they are retraced against the primitives whose
+        projection overlaps them.
+        """
+        depth, parts = self.depth.copy(), self.part.copy()
+        cylinder_lo, cylinder_hi = _cylinder_bounds(scene)
+        for k, c2w in enumerate(self.c2w):
+            stale = self.part[k] == part
+            if not stale.any():
+                continue
+            rows, columns = np.nonzero(stale)
+            u0, u1, v0, v1 = columns.min(), columns.max() + 1, rows.min(), rows.max() + 1
+            rects = np.concatenate(
+                [
+                    _screen_rects(scene.box_lo, scene.box_hi, c2w, self.size, 1, self.focal),
+                    _screen_rects(cylinder_lo, cylinder_hi, c2w, self.size, 1, self.focal),
+                ]
+            )
+            overlapping = (rects[:, 0] < u1) & (rects[:, 1] > u0) & (rects[:, 2] < v1) & (rects[:, 3] > v0)
+            nearby = _subset(scene, overlapping[: scene.num_boxes], overlapping[scene.num_boxes :])
+            hits = trace(nearby, c2w, self.size, 1, self.camera_angle)
+            depth[k][stale] = hits.depth.reshape(self.size, self.size)[stale]
+            parts[k][stale] = hits.part.reshape(self.size, self.size)[stale]
+        return dataclasses.replace(self, depth=depth, part=parts)
+
+
+_SHADOW_CACHE: OrderedDict[bytes, ShadowMaps] = OrderedDict()
+_SHADOW_CACHE_SIZE = 8
+
+
+def shadow_maps(scene: Scene) -> ShadowMaps:
+    """The shadow maps of ``scene``, traced once per distinct geometry (a process-wide cache of a few scenes: the
+    lights are fixed in the world, so every view of an object shares them).
+
+    Example:
+        >>> hits = trace(scene, c2w, 64, shadows=shadow_maps(scene))
+        >>> hits.lit  # (M, 2) fraction of each light reaching the hits
+    """
+    key = _geometry_key(scene)
+    maps = _SHADOW_CACHE.get(key)
+    if maps is None:
+        maps = _trace_shadow_maps(scene)
+        _SHADOW_CACHE[key] = maps
+        if len(_SHADOW_CACHE) > _SHADOW_CACHE_SIZE:
+            _SHADOW_CACHE.popitem(last=False)
+    else:
+        _SHADOW_CACHE.move_to_end(key)
+    return maps
+
+
+def _trace_shadow_maps(scene: Scene) -> ShadowMaps:
+    angle = 2.0 * np.arcsin(SHADOW_FRAME_RADIUS / SHADOW_DISTANCE)
+    c2ws = np.stack([look_at(SHADOW_DISTANCE * direction) for direction, _ in LIGHTS])
+    traced = [trace(scene, c2w, SHADOW_MAP_SIZE, 1, angle) for c2w in c2ws]
+    shape = (len(LIGHTS), SHADOW_MAP_SIZE, SHADOW_MAP_SIZE)
+    return ShadowMaps(
+        c2w=c2ws,
+        camera_angle=float(angle),
+        depth=np.stack([hits.depth for hits in traced]).reshape(shape),
+        part=np.stack([hits.part for hits in traced]).reshape(shape),
+    )
+
+
+def _geometry_key(scene: Scene) -> bytes:
+    """Digest of the primitives' geometry and parts (colours cast the same shadows)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (
+        scene.box_lo,
+        scene.box_hi,
+        scene.box_part,
+        scene.cylinder_xy,
+        scene.cylinder_z,
+        scene.cylinder_radius,
+        scene.cylinder_part,
+    ):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.digest()
+
+
+def _subset(scene: Scene, boxes: np.ndarray, cylinders: np.ndarray) -> Scene:
+    """The scene with only the boxes and cylinders selected by the boolean masks."""
+    return Scene(
+        box_lo=scene.box_lo[boxes],
+        box_hi=scene.box_hi[boxes],
+        box_colour=scene.box_colour[boxes],
+        box_part=scene.box_part[boxes],
+        cylinder_xy=scene.cylinder_xy[cylinders],
+        cylinder_z=scene.cylinder_z[cylinders],
+        cylinder_radius=scene.cylinder_radius[cylinders],
+        cylinder_colour=scene.cylinder_colour[cylinders],
+        cylinder_part=scene.cylinder_part[cylinders],
+    )
+
+
+def _cylinder_bounds(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned bounding boxes (C, 3) lo and hi of the cylinders."""
+    lo = np.concatenate([scene.cylinder_xy - scene.cylinder_radius[:, None], scene.cylinder_z[:, :1]], 1)
+    hi = np.concatenate([scene.cylinder_xy + scene.cylinder_radius[:, None], scene.cylinder_z[:, 1:]], 1)
+    return lo, hi
 
 
 def _screen_rects(
