@@ -1,17 +1,20 @@
 """The three MAD defect types as 3D-consistent changes of a brick object, each rendered from one test pose together
 with a pixel-exact ground-truth mask. Burrs add small boxes grown out of a visible surface point, Missing removes one
 visible brick (its studs go with it, the studs it covered come back), Stains recolour the surface inside a sphere
-around a visible surface point. Masks come from the supersamples: a sample is defective when it sees burr geometry,
-when it saw the removed brick in the defect-free render or changed colour at all (the renderer has no shadows, so
-the two coincide), or when its hit point lies in the stain's core (blend weight >= 0.5). A pixel is in the mask
+around a visible surface point. Masks come from the geometry of the supersamples, never from shaded colour: a
+sample is defective when it sees burr geometry, when it saw the removed brick in the defect-free render or sees a
+different surface (part or depth) than there, or when its hit point lies in the stain's core (blend weight >= 0.5).
+So with cast shadows on (:class:`~pad_nerfstudio.synth.raycast.Shading`), a shadow that a burr casts or that a
+removed brick no longer casts changes pixels outside the mask, as it would on a real object. A pixel is in the mask
 when at least half of its samples are defective, or when any of its samples is touched by the defect and the
-pixel's colour changed by more than ``VISIBLE_CHANGE``: every visibly changed pixel is in the mask, faint
-anti-aliased fringes are not. A draw is kept only if the mask is large enough and mostly visibly changed;
-otherwise a new pose and defect are drawn.
+pixel's colour changed by more than ``VISIBLE_CHANGE``: every visibly changed pixel of the defect itself is in the
+mask, faint anti-aliased fringes are not. A draw is kept only if the mask is large enough and mostly visibly
+changed in the noise-free render; otherwise a new pose and defect are drawn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,7 +22,7 @@ import numpy as np
 
 from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, random_test_pose
 from pad_nerfstudio.synth.objects import BrickObject
-from pad_nerfstudio.synth.raycast import Hits, compose, resolve, shade, trace
+from pad_nerfstudio.synth.raycast import LAMBERTIAN, Hits, Shading, ShadowMaps, compose, resolve, shade, trace
 
 DEFECT_TYPES = ("Burrs", "Missing", "Stains")
 """Folder names of the defect types, as in MAD."""
@@ -56,7 +59,7 @@ class DefectView:
     """One defective test image with its mask and the defect-free render from the same pose."""
 
     image: np.ndarray
-    """(H, W, 3) RGB in [0, 1]."""
+    """(H, W, 3) RGB in [0, 1], noise-free (capture effects beyond shading are applied when writing)."""
     mask: np.ndarray
     """(H, W) bool ground truth."""
     reference: np.ndarray
@@ -76,8 +79,11 @@ def render_defect(
     rng: np.random.Generator,
     supersample: int = 3,
     camera_angle_x: float = CAMERA_ANGLE_X,
+    shading: Shading = LAMBERTIAN,
 ) -> DefectView | None:
     """Draw one defect of ``kind`` visible from ``c2w`` and render it; None when this view offers no place for it.
+
+    ``shading`` applies to the image and its reference alike; it changes neither the draws nor the mask.
 
     Example:
         >>> view = render_defect("Stains", build_brick_animal("01Gorilla"), c2w, 200, np.random.default_rng(0))
@@ -85,20 +91,27 @@ def render_defect(
     if kind not in DEFECT_TYPES:
         raise ValueError(f"unknown defect type {kind!r}; expected one of {', '.join(DEFECT_TYPES)}")
     scene = obj.scene()
-    clean = trace(scene, c2w, size, supersample, camera_angle_x)
-    clean_colour = shade(clean)
-    reference = compose(clean, clean_colour)
+    shadows = shading.shadow_maps(scene)
+    clean = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shadows)
     if kind == "Burrs":
-        result = _burrs(scene, clean, c2w, size, rng, supersample, camera_angle_x)
+        result = _burrs(scene, clean, shadows, c2w, size, rng, supersample, camera_angle_x)
     elif kind == "Missing":
-        result = _missing(obj, clean, clean_colour, c2w, size, rng, supersample, camera_angle_x)
+        result = _missing(obj, clean, shadows, c2w, size, rng, supersample, camera_angle_x)
     else:
         result = _stains(clean, rng)
     if result is None:
         return None
-    hits, colour, defective, touched = result
-    image = compose(hits, colour)
-    changed = np.abs(image - reference).max(axis=-1) > VISIBLE_CHANGE
+    hits, albedo, defective, touched = result
+    image = compose(hits, shade(hits, albedo, gloss=shading.gloss))
+    reference = compose(clean, shade(clean, gloss=shading.gloss))
+    if shading == LAMBERTIAN:
+        plain_image, plain_reference = image, reference
+    else:
+        # Judged under the plain light model, the fringe (and so the mask) is the same in every capture style,
+        # and a change of shadow or highlight alone never enters it.
+        plain_image = compose(hits, shade(dataclasses.replace(hits, lit=None), albedo))
+        plain_reference = compose(clean, shade(dataclasses.replace(clean, lit=None)))
+    changed = np.abs(plain_image - plain_reference).max(axis=-1) > VISIBLE_CHANGE
     mask = (resolve(defective, size, supersample) >= MASK_COVERAGE) | (
         changed & (resolve(touched, size, supersample) > 0)
     )
@@ -121,11 +134,15 @@ def sample_defect_view(
     rng: np.random.Generator,
     supersample: int = 3,
     camera_angle_x: float = CAMERA_ANGLE_X,
+    shading: Shading = LAMBERTIAN,
 ) -> tuple[np.ndarray, DefectView]:
-    """Draw random test poses and defects until one is acceptable; returns (camera-to-world, view)."""
+    """Draw random test poses and defects until one is acceptable; returns (camera-to-world, view).
+
+    The draws do not depend on ``shading`` except through acceptance, which is judged on the shaded renders.
+    """
     for _ in range(MAX_ATTEMPTS):
         c2w = random_test_pose(rng)
-        view = render_defect(kind, obj, c2w, size, rng, supersample, camera_angle_x)
+        view = render_defect(kind, obj, c2w, size, rng, supersample, camera_angle_x, shading)
         if view is not None and is_acceptable(view, size):
             return c2w, view
     raise RuntimeError(
@@ -143,7 +160,8 @@ def _facing_samples(hits: Hits, min_cosine: float = 0.35) -> np.ndarray:
     return candidates[cosine > min_cosine]
 
 
-def _burrs(scene, clean: Hits, c2w, size, rng, supersample, camera_angle_x):
+def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x):
+    """Like the other defect helpers: (hits, albedo override or None, defective samples, touched samples) or None."""
     candidates = _facing_samples(clean)
     if len(candidates) == 0:
         return None
@@ -168,12 +186,14 @@ def _burrs(scene, clean: Hits, c2w, size, rng, supersample, camera_angle_x):
     # Excess plastic of the same brick, a shade lighter or darker so it reads as a flaw and not as a stud.
     tint = albedo * 0.62 if albedo.mean() > 0.5 else albedo + (1.0 - albedo) * 0.4
     burred = scene.with_boxes(lo, hi, np.tile(tint, (count, 1)), np.full(count, BURR_PART))
-    hits = trace(burred, c2w, size, supersample, camera_angle_x)
+    if shadows is not None:
+        shadows = shadows.with_boxes(lo, hi, np.full(count, BURR_PART))
+    hits = trace(burred, c2w, size, supersample, camera_angle_x, shadows=shadows)
     burr = hits.part == BURR_PART
-    return hits, shade(hits), burr, burr
+    return hits, None, burr, burr
 
 
-def _missing(obj: BrickObject, clean: Hits, clean_colour, c2w, size, rng, supersample, camera_angle_x):
+def _missing(obj: BrickObject, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x):
     samples_per_pixel = supersample * supersample
     object_parts = clean.hit_part[clean.hit_part >= 0]
     visible = np.bincount(object_parts, minlength=len(obj.bricks)) / samples_per_pixel
@@ -187,11 +207,14 @@ def _missing(obj: BrickObject, clean: Hits, clean_colour, c2w, size, rng, supers
     free = candidates[~obj.supports()[candidates]]
     pool = free if len(free) and rng.uniform() < 0.85 else candidates
     removed = int(pool[rng.integers(len(pool))])
-    hits = trace(obj.scene(removed=removed), c2w, size, supersample, camera_angle_x)
-    colour = shade(hits)
-    changed = np.abs(hits.scatter(colour) - clean.scatter(clean_colour)).max(axis=1) > 1e-6
-    defective = (clean.part == removed) | changed
-    return hits, colour, defective, defective
+    scene = obj.scene(removed=removed)
+    if shadows is not None:
+        shadows = shadows.without_part(scene, removed)
+    hits = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shadows)
+    # Geometry, not colour: shadows that the brick cast elsewhere change colours there, but are not the defect.
+    uncovered = (hits.part != clean.part) | ~np.isclose(hits.depth, clean.depth, rtol=0.0, atol=1e-9)
+    defective = (clean.part == removed) | uncovered
+    return hits, None, defective, defective
 
 
 def _stains(clean: Hits, rng):
@@ -221,4 +244,4 @@ def _stains(clean: Hits, rng):
     stained[object_samples] = weight >= 0.5
     touched = np.zeros(len(clean.index), dtype=bool)
     touched[object_samples] = weight > 0.0
-    return clean, shade(clean, albedo), clean.scatter(stained, fill=False), clean.scatter(touched, fill=False)
+    return clean, albedo, clean.scatter(stained, fill=False), clean.scatter(touched, fill=False)
