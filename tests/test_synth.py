@@ -1,5 +1,6 @@
 """Tests of the procedural MAD-format generator (pad_nerfstudio.synth): layout, determinism, mask accuracy,
-camera geometry and the safety of class-folder writes. Tiny images keep the whole file fast."""
+camera geometry, the safety of class-folder writes and the capture styles (each effect on its own, masks that
+ignore shadows, the CLI switches). Tiny images keep the whole file fast."""
 
 from __future__ import annotations
 
@@ -10,11 +11,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pad_nerfstudio.synth import CLASS_NAMES, DEFECT_TYPES, generate_dataset, render_clean_view, resolve_class_names
+from pad_nerfstudio.synth import (
+    CLASS_NAMES,
+    DEFECT_TYPES,
+    CaptureStyle,
+    generate_dataset,
+    render_clean_view,
+    resolve_capture_style,
+    resolve_class_names,
+)
+from pad_nerfstudio.synth import cli as cli_module
 from pad_nerfstudio.synth import generate as generate_module
-from pad_nerfstudio.synth.cameras import look_at
+from pad_nerfstudio.synth.cameras import look_at, random_test_pose, spherical_position
 from pad_nerfstudio.synth.cli import main as cli_main
-from pad_nerfstudio.synth.raycast import Scene, render
+from pad_nerfstudio.synth.defects import render_defect
+from pad_nerfstudio.synth.generate import InvalidOptionError
+from pad_nerfstudio.synth.objects import build_brick_animal
+from pad_nerfstudio.synth.raycast import (
+    LAMBERTIAN,
+    LIGHTS,
+    Scene,
+    Shading,
+    render,
+    resolve,
+    shade,
+    shadow_maps,
+    to_uint8,
+    trace,
+)
 
 SIZE = 48
 N_GOOD = 2
@@ -186,11 +210,11 @@ def test_failure_mid_class_leaves_no_class_folder(tmp_path: Path, monkeypatch):
     real_write = generate_module._write_png
     calls = []
 
-    def failing_write(path, pixels):
+    def failing_write(path, pixels, *options):
         calls.append(path)
         if len(calls) > 20:
             raise RuntimeError("simulated crash")
-        real_write(path, pixels)
+        real_write(path, pixels, *options)
 
     monkeypatch.setattr(generate_module, "_write_png", failing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -207,3 +231,265 @@ def test_failure_mid_class_leaves_no_class_folder(tmp_path: Path, monkeypatch):
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == [CLASS]
     assert (tmp_path / CLASS / "keep.txt").exists()
+
+
+# Capture styles.
+
+REAL = CaptureStyle.real()
+
+
+@pytest.fixture(scope="module")
+def gorilla():
+    return build_brick_animal(CLASS, 0)
+
+
+@pytest.fixture(scope="module")
+def plain_view(gorilla) -> np.ndarray:
+    """A Lambertian render, 64 px, from a pose that sees both lights' sides and several self-shadows."""
+    return render(gorilla.scene(), look_at(spherical_position(200.0, 30.0)), 64, supersample=2)
+
+
+def _boxes(lo, hi) -> Scene:
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    return Scene(
+        box_lo=lo,
+        box_hi=hi,
+        box_colour=np.full((len(lo), 3), 0.6),
+        box_part=np.arange(len(lo)),
+        cylinder_xy=np.zeros((0, 2)),
+        cylinder_z=np.zeros((0, 2)),
+        cylinder_radius=np.zeros(0),
+        cylinder_colour=np.zeros((0, 3)),
+        cylinder_part=np.zeros(0, dtype=np.int64),
+    )
+
+
+def test_gloss_adds_small_highlights_and_never_darkens(gorilla, plain_view):
+    glossy = render(
+        gorilla.scene(), look_at(spherical_position(200.0, 30.0)), 64, supersample=2, shading=Shading(gloss=True)
+    )
+    gain = (glossy - plain_view).max(axis=-1)
+    on_object = (plain_view < 0.999).any(axis=-1)
+    assert (glossy >= plain_view - 1e-12).all()
+    assert gain.max() > 0.1  # visible
+    assert 0.0 < (gain[on_object] > 0.05).mean() < 0.3  # but small
+    # White highlights: every channel of a surface point rises by the same amount where nothing clips.
+    hits = trace(gorilla.scene(), look_at(spherical_position(200.0, 30.0)), 64, 2)
+    highlight = shade(hits, gloss=True) - shade(hits)
+    unclipped = shade(hits, gloss=True).max(axis=-1) < 1.0
+    assert (highlight[unclipped].max(axis=-1) > 0.05).sum() > 50
+    assert np.allclose(highlight[unclipped].min(axis=-1), highlight[unclipped].max(axis=-1), atol=1e-12)
+    assert np.array_equal(glossy[~on_object], plain_view[~on_object])
+
+
+def test_shadows_only_darken_the_object(gorilla, plain_view):
+    c2w = look_at(spherical_position(200.0, 30.0))
+    shadowed = render(gorilla.scene(), c2w, 64, supersample=2, shading=Shading(shadows=True))
+    loss = (plain_view - shadowed).max(axis=-1)
+    assert (shadowed <= plain_view + 1e-12).all()
+    assert loss.max() > 0.2 and (loss > 0.05).sum() >= 20
+    hits = trace(gorilla.scene(), c2w, 64, 2)
+    background = resolve(hits.hit, 64, 2) == 0
+    assert np.array_equal(shadowed[background], plain_view[background])
+
+
+def test_shadow_falls_where_the_light_projects_an_occluder():
+    # A floor slab and a small cube hovering above it; the key light comes from above, the fill light from below.
+    scene = _boxes([[-1.0, -1.0, -0.1], [-0.1, -0.1, 0.4]], [[1.0, 1.0, 0.0], [0.1, 0.1, 0.6]])
+    key = LIGHTS[0][0]
+    cube_centre = np.array([0.0, 0.0, 0.5])
+    shadow_centre = cube_centre - (0.5 / key[2]) * key  # along the light down to the floor (z = 0)
+    floor = np.array([shadow_centre, [0.0, 0.0, 0.0], [0.7, 0.7, 0.0], shadow_centre + [0.06, -0.06, 0.0]])
+    lit = shadow_maps(scene).lit(floor, np.tile([0.0, 0.0, 1.0], (len(floor), 1)))
+    assert lit[:, 0] == pytest.approx([0.0, 1.0, 1.0, 0.0])
+    assert (lit[:, 1] == 0.0).all()  # the floor's top faces away from the fill light
+    # The cube's own top is lit by the key light: no self-shadowing ("acne") on a lit face.
+    top = np.array([[0.05, -0.03, 0.6], [-0.08, 0.08, 0.6]])
+    assert shadow_maps(scene).lit(top, np.tile([0.0, 0.0, 1.0], (2, 1)))[:, 0] == pytest.approx([1.0, 1.0])
+
+
+def test_defect_shadow_maps_equal_retraced_ones(gorilla):
+    base = shadow_maps(gorilla.scene())
+    removed = int(np.argmax([brick.size_x * brick.size_y for brick in gorilla.bricks]))
+    fast = base.without_part(gorilla.scene(removed=removed), removed)
+    traced = shadow_maps(gorilla.scene(removed=removed))
+    assert not np.array_equal(fast.depth, base.depth)
+    assert np.array_equal(fast.depth, traced.depth) and np.array_equal(fast.part, traced.part)
+
+    lo, hi = np.array([[0.0, 0.0, 0.8], [0.3, -0.2, 0.5]]), np.array([[0.1, 0.1, 0.95], [0.4, -0.1, 0.6]])
+    fast = base.with_boxes(lo, hi, np.full(2, -2))
+    traced = shadow_maps(gorilla.scene().with_boxes(lo, hi, np.zeros((2, 3)), np.full(2, -2)))
+    assert np.array_equal(fast.depth, traced.depth) and np.array_equal(fast.part, traced.part)
+
+
+def test_exposure_scales_the_whole_frame_and_clips(plain_view):
+    style = CaptureStyle(exposure=0.08)
+    clean = to_uint8(plain_view).astype(float)
+    seen_dark = seen_bright = False
+    for seed in range(12):
+        gains = style.gains(np.random.default_rng(seed))
+        assert gains[0] == gains[1] == gains[2] and 0.92 <= gains[0] <= 1.08
+        image = to_uint8(style.apply_photometric(plain_view, np.random.default_rng(seed))).astype(float)
+        unclipped = (plain_view.max(axis=-1) * gains[0] < 0.99) & (clean.min(axis=-1) > 40)
+        # The ratio to the clean image is the gain, up to the rounding of both to 8 bits.
+        assert np.abs(image - clean * gains[0])[unclipped].max() <= 0.5 * gains[0] + 0.5 + 1e-9
+        background = image[0, 0]
+        if gains[0] < 0.97:
+            seen_dark = True
+            assert (background < 250).all() and background == pytest.approx(255 * gains, abs=1)  # light grey
+        if gains[0] > 1.0:
+            seen_bright = True
+            assert (background == 255).all()
+    assert seen_dark and seen_bright
+
+
+def test_white_balance_gains_per_channel(plain_view):
+    style = CaptureStyle(white_balance=0.03)
+    gains = style.gains(np.random.default_rng(3))
+    assert ((0.97 <= gains) & (gains <= 1.03)).all() and np.ptp(gains) > 0.005
+    image = style.apply_photometric(plain_view, np.random.default_rng(3))
+    assert np.allclose(image, np.minimum(plain_view * gains, 1.0))
+
+
+def test_noise_has_the_configured_sigma(plain_view):
+    style = CaptureStyle(noise_sigma=1.5 / 255.0)
+    clean = to_uint8(plain_view).astype(float)
+    noisy = to_uint8(style.apply_photometric(plain_view, np.random.default_rng(0))).astype(float)
+    unclipped = (clean > 15) & (clean < 240)
+    assert unclipped.sum() > 600
+    assert np.std((noisy - clean)[unclipped]) == pytest.approx(1.5, rel=0.2)
+
+
+def test_blur_lowers_high_frequencies(plain_view):
+    blurred = CaptureStyle(blur_sigma=0.5).apply_photometric(plain_view, np.random.default_rng(0))
+
+    def high_frequency_energy(image):
+        return (np.diff(image, axis=0) ** 2).sum() + (np.diff(image, axis=1) ** 2).sum()
+
+    assert high_frequency_energy(blurred) < 0.8 * high_frequency_energy(plain_view)
+    assert blurred.mean() == pytest.approx(plain_view.mean(), abs=2e-3)
+
+
+def test_switching_an_effect_off_keeps_the_other_draws(plain_view):
+    assert np.array_equal(REAL.gains(np.random.default_rng(5)), REAL.without(["noise"]).gains(np.random.default_rng(5)))
+    assert CaptureStyle.clean().apply_photometric(plain_view, np.random.default_rng(0)) is plain_view
+    assert REAL.without(["gloss", "shadows", "exposure", "white-balance", "blur", "noise"]).is_clean
+
+
+@pytest.mark.parametrize("kind", DEFECT_TYPES)
+def test_masks_do_not_depend_on_capture_style(gorilla, kind):
+    """Same pose and defect draw: the mask is the same with gloss and shadows as without, so a shadow that a burr
+    casts, or that a removed brick no longer casts, never enters it (though it changes the image)."""
+    # Seeds 40 and 50 remove bricks that shadowed other visible bricks.
+    seeds = [0, 1, 2, 3, 40, 50] if kind == "Missing" else [0, 1, 2, 3]
+    rendered = shadow_only = 0
+    for seed in seeds:
+        c2w = random_test_pose(np.random.default_rng(seed))
+        plain = render_defect(kind, gorilla, c2w, 64, np.random.default_rng(100 + seed), supersample=2)
+        real = render_defect(kind, gorilla, c2w, 64, np.random.default_rng(100 + seed), 2, shading=REAL.shading)
+        assert (plain is None) == (real is None)
+        if plain is None:
+            continue
+        rendered += 1
+        assert np.array_equal(plain.mask, real.mask), seed
+        assert not np.array_equal(plain.image, real.image)
+        changed_by_shadow = (np.abs(real.image - real.reference).max(axis=-1) > 0.02) & (
+            np.abs(plain.image - plain.reference).max(axis=-1) == 0.0
+        )
+        shadow_only += int((changed_by_shadow & ~real.mask).sum())
+    assert rendered >= 3
+    if kind != "Stains":  # the check above was not vacuous: shadows did change pixels outside the masks
+        assert shadow_only > 0
+
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth-real")
+    generate_dataset(
+        out,
+        classes=["gorilla"],
+        size=SIZE,
+        n_test_good=N_GOOD,
+        n_test_defect=N_DEFECT,
+        workers=1,
+        progress=False,
+        style="real",
+    )
+    return out
+
+
+def test_real_style_keeps_poses_masks_and_records_the_style(dataset: Path, real_dataset: Path):
+    clean_root, real_root = dataset / CLASS, real_dataset / CLASS
+    clean_poses = json.loads((clean_root / "test_poses.json").read_text())
+    real_poses = json.loads((real_root / "test_poses.json").read_text())
+    assert (real_root / "transforms.json").read_bytes() == (clean_root / "transforms.json").read_bytes()
+    same_draws = [name for name in clean_poses if clean_poses[name] == real_poses[name]]
+    assert all(f"test/good/{index}.png" in same_draws for index in range(N_GOOD))
+    assert sum("good" not in name for name in same_draws) >= N_DEFECT * len(DEFECT_TYPES) - 2
+    for name in same_draws:
+        if "good" in name:
+            continue
+        mask = Path("ground_truth") / name.split("/")[1] / name.split("/")[2].replace(".png", "_mask.png")
+        assert (real_root / mask).read_bytes() == (clean_root / mask).read_bytes(), mask
+
+    for name in ("train/good/0.png", "train/good/117.png", "test/good/0.png"):
+        clean_image = np.asarray(Image.open(clean_root / name)).astype(int)
+        real_image = np.asarray(Image.open(real_root / name)).astype(int)
+        assert np.abs(real_image - clean_image).max() > 10
+        assert np.abs(real_image - clean_image).mean() < 20
+    # Good test images are the noise-free reference plus only the per-image effects.
+    good = np.asarray(Image.open(real_root / "test/good/0.png")).astype(int)
+    reference = render_clean_view(CLASS, 0, np.asarray(real_poses["test/good/0.png"]), SIZE, style="real")
+    assert not np.array_equal(reference, render_clean_view(CLASS, 0, np.asarray(real_poses["test/good/0.png"]), SIZE))
+    assert np.abs(good - reference).mean() < 12
+
+    attributes = json.loads((real_dataset / "attributes.json").read_text())[CLASS]
+    assert attributes["capture"] == REAL.as_dict()
+    assert "capture" not in json.loads((dataset / "attributes.json").read_text())[CLASS]
+
+
+def test_real_style_is_deterministic_across_runs_and_workers(real_dataset: Path, tmp_path: Path):
+    generate_dataset(
+        tmp_path,
+        classes=["gorilla"],
+        size=SIZE,
+        n_test_good=N_GOOD,
+        n_test_defect=N_DEFECT,
+        workers=2,
+        progress=False,
+        style=REAL,
+    )
+    assert _files(tmp_path) == _files(real_dataset)
+
+
+def test_clean_style_writes_the_plain_lambertian_render(dataset: Path, gorilla):
+    poses = json.loads((dataset / CLASS / "transforms.json").read_text())["frames"]
+    for index in (0, 100):
+        written = np.asarray(Image.open(dataset / CLASS / f"train/good/{index}.png"))
+        expected = to_uint8(
+            render(gorilla.scene(), np.asarray(poses[index]["transform_matrix"]), SIZE, 3, shading=LAMBERTIAN)
+        )
+        assert np.array_equal(written, expected)
+    assert resolve_capture_style() == CaptureStyle.clean() == CaptureStyle()
+
+
+def test_capture_style_options(tmp_path: Path, monkeypatch, capsys):
+    style = resolve_capture_style("real", "shadows, White_Balance")
+    assert not style.shadows and style.white_balance == 0.0 and style.gloss and style.noise_sigma == REAL.noise_sigma
+    assert resolve_capture_style("clean", "noise").is_clean
+    with pytest.raises(InvalidOptionError, match="'sparkle'.*gloss, shadows, exposure, white-balance, blur, noise"):
+        resolve_capture_style("real", "gloss,sparkle")
+    with pytest.raises(InvalidOptionError, match="--style"):
+        resolve_capture_style("fancy")
+
+    assert cli_main(["--out", str(tmp_path), "--style", "real", "--without", "gloss,sparkle"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pad-synth: error: --without: unknown capture effect 'sparkle'") and error.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+    received = {}
+    monkeypatch.setattr(cli_module, "generate_dataset", lambda out, **options: received.update(options))
+    assert cli_main(["--out", str(tmp_path), "--style", "real", "--without", "blur,noise"]) == 0
+    assert received["style"] == REAL.without(["blur", "noise"])
+    assert cli_main(["--out", str(tmp_path)]) == 0
+    assert received["style"].is_clean

@@ -1,6 +1,8 @@
 """Command line of the procedural MAD-format dataset generator (``pad-synth``): parses the options, calls
 :func:`pad_nerfstudio.synth.generate.generate_dataset` and turns the errors a user can cause (existing folders,
-unknown class names, bad sizes) into one-line messages instead of tracebacks.
+unknown class names or capture effects, bad sizes) into one-line messages instead of tracebacks. ``--style real``
+renders like a camera would capture the toy (gloss, shadows, exposure, white balance, blur, noise); ``--without``
+switches single effects off for ablations.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import sys
 import threading
 from pathlib import Path
 
+from pad_nerfstudio.synth.capture import EFFECTS, STYLES
 from pad_nerfstudio.synth.generate import (
     CLASS_NAMES,
     DEFAULT_SUPERSAMPLE,
     MIN_SIZE,
     InvalidOptionError,
     generate_dataset,
+    resolve_capture_style,
     tune_allocator,
 )
 
@@ -43,11 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--supersample", type=int, default=DEFAULT_SUPERSAMPLE, help="anti-aliasing samples per pixel side"
     )
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="clean",
+        help="capture style: clean (ideal Lambertian render, the default) or real (glossy highlights, cast shadows, "
+        "per-image exposure and white balance, slight blur, sensor noise)",
+    )
+    parser.add_argument(
+        "--without",
+        default="",
+        metavar="NAMES",
+        help=f"comma-separated capture effects to switch off, for ablations (from: {', '.join(EFFECTS)})",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        style = resolve_capture_style(args.style, args.without)
+    except InvalidOptionError as error:
+        print(f"pad-synth: error: {error}", file=sys.stderr)
+        return 2
     tune_allocator()
     # Turn a plain `kill` into an exception so that the unfinished class's temporary folder is removed too.
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -63,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             workers=args.workers,
             supersample=args.supersample,
+            style=style,
         )
     except (FileExistsError, InvalidOptionError) as error:
         print(f"pad-synth: error: {error}", file=sys.stderr)

@@ -2,7 +2,13 @@
 ``transforms.json``, good and defective test views, binary ground-truth masks and (beyond MAD) ``test_poses.json``;
 plus ``attributes.json`` at the dataset root. Each class is rendered into a hidden temporary sibling folder and
 renamed into place only when complete, so an interrupted run never leaves a half-written class. Every image depends
-only on (seed, class, image), so results are byte-identical whatever the number of worker processes.
+only on (seed, class, image, capture style), so results are byte-identical whatever the number of worker processes.
+
+The capture style (:class:`~pad_nerfstudio.synth.capture.CaptureStyle`, ``--style`` / ``--without``) decides how
+real the images look. Its shading part (gloss, shadows) is applied to every render, including the defect-free
+reference of :func:`render_clean_view` and the renders on which defect acceptance is judged; its per-image part
+(exposure, white balance, blur, noise) only to the written images, each with its own random stream, so a test image
+gets the same pose and defect in every style. Masks come from geometry and do not depend on the style.
 
 Attributes per class (``attributes.json``; the PAD paper relates per-class results to shape and colour):
 
@@ -16,6 +22,10 @@ Attributes per class (``attributes.json``; the PAD paper relates per-class resul
   the object's pixels; it includes shading, so it is not zero even for one colour.
 - ``num_bricks``, ``num_colours``, ``body_plan``, ``object_area_fraction`` (mean fraction of the image the object
   covers in training views) and ``seed`` (the global seed: ``build_brick_animal(name, seed)`` rebuilds the object).
+- ``capture``: the capture style's settings (``CaptureStyle.as_dict()``); absent for the clean style, whose output
+  is unchanged from before styles existed.
+
+``luminance_std`` is measured on the shaded renders before the per-image effects, so gloss and shadows count in it.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, random_test_pose, training_poses
+from pad_nerfstudio.synth.capture import CaptureStyle
 from pad_nerfstudio.synth.defects import DEFECT_TYPES, sample_defect_view
 from pad_nerfstudio.synth.objects import PLATE_HEIGHT, ROUND_RADIUS, BrickObject, build_brick_animal, class_seed
 from pad_nerfstudio.synth.raycast import compose, render, resolve, shade, to_uint8, trace
@@ -54,6 +65,9 @@ MIN_SIZE = 32
 DEFAULT_SUPERSAMPLE = 3
 ATTRIBUTES_FILE = "attributes.json"
 _TASK_STREAMS = {"good": 1, **{kind: 2 + index for index, kind in enumerate(DEFECT_TYPES)}}
+_CAPTURE_STREAM = 100
+"""Seeds the per-image capture effects apart from the pose and defect draws (which must not change with style)."""
+_CAPTURE_KINDS = {"train": 0, **_TASK_STREAMS}
 
 
 class InvalidOptionError(ValueError):
@@ -93,6 +107,27 @@ def resolve_class_names(classes: int | str | Sequence[str]) -> list[str]:
     return names
 
 
+def resolve_capture_style(style: str | CaptureStyle = "clean", without: str | Sequence[str] = ()) -> CaptureStyle:
+    """A capture style from its name (``--style``) with some effects switched off (``--without``, comma-separated).
+
+    Example:
+        >>> resolve_capture_style("real", "shadows,white-balance").shadows
+        False
+    """
+    if isinstance(style, str):
+        try:
+            style = CaptureStyle.named(style.strip().lower())
+        except ValueError as error:
+            raise InvalidOptionError(f"--style: {error}") from None
+    if isinstance(without, str):
+        without = without.split(",")
+    names = [str(name).strip().lower().replace("_", "-") for name in without if str(name).strip()]
+    try:
+        return style.without(names)
+    except ValueError as error:
+        raise InvalidOptionError(f"--without: {error}") from None
+
+
 def generate_dataset(
     out: Path | str,
     classes: int | str | Sequence[str] = 3,
@@ -104,11 +139,13 @@ def generate_dataset(
     workers: int | None = None,
     supersample: int = DEFAULT_SUPERSAMPLE,
     progress: bool = True,
+    style: str | CaptureStyle = "clean",
 ) -> list[Path]:
     """Generate MAD-Sim-format classes under ``out`` and return their folders.
 
     ``n_test_defect`` is per defect type. Existing non-empty class folders are refused unless ``force``.
     ``workers`` processes render in parallel (default: all CPUs, at most 8); the output does not depend on it.
+    ``style`` is a capture style or its name ("clean", "real"; see :func:`resolve_capture_style`).
 
     Example:
         >>> generate_dataset("/tmp/mad_synth", classes=["gorilla"], size=64, n_test_good=2, n_test_defect=2)
@@ -121,6 +158,7 @@ def generate_dataset(
         raise InvalidOptionError("test image counts must not be negative")
     if supersample < 1:
         raise InvalidOptionError(f"supersample must be at least 1, got {supersample}")
+    style = resolve_capture_style(style)
     out = Path(out)
     for name in names:
         _check_target(out / name, force)
@@ -140,6 +178,7 @@ def generate_dataset(
                 n_test_defect=n_test_defect,
                 force=force,
                 supersample=supersample,
+                style=style,
                 runner=runner,
                 bar=bar,
             )
@@ -164,6 +203,7 @@ def _generate_class(
     n_test_defect: int,
     force: bool,
     supersample: int,
+    style: CaptureStyle,
     runner: _TaskRunner,
     bar,
 ) -> tuple[Path, int]:
@@ -185,7 +225,7 @@ def _generate_class(
             *(f"ground_truth/{kind}" for kind in DEFECT_TYPES),
         ]:
             (temporary / sub).mkdir(parents=True)
-        job = _ClassJob(name, seed, size, supersample, CAMERA_ANGLE_X, str(temporary))
+        job = _ClassJob(name, seed, size, supersample, CAMERA_ANGLE_X, str(temporary), style)
         task_id = bar.add_task(name, total=len(tasks)) if bar is not None else None
         train_stats, test_poses, frames = [], {}, []
         for (kind, index), result in zip(tasks, runner.map(job, tasks), strict=True):
@@ -199,6 +239,8 @@ def _generate_class(
         _write_json(temporary / "transforms.json", {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames})
         _write_json(temporary / "test_poses.json", test_poses)
         attributes = _attributes(_object(name, seed), train_stats, size, seed)
+        if not style.is_clean:
+            attributes["capture"] = style.as_dict()
         _move_into_place(temporary, target, force)
     except BaseException:
         runner.stop()
@@ -209,19 +251,26 @@ def _generate_class(
 
 
 def render_clean_view(
-    name: str, seed: int, c2w: np.ndarray, size: int, supersample: int = DEFAULT_SUPERSAMPLE
+    name: str,
+    seed: int,
+    c2w: np.ndarray,
+    size: int,
+    supersample: int = DEFAULT_SUPERSAMPLE,
+    style: str | CaptureStyle = "clean",
 ) -> np.ndarray:
     """The defect-free object of class ``name`` seen from ``c2w``, exactly as the generator renders it (uint8 RGB).
 
     ``name`` is resolved like ``--classes`` ("gorilla" or "01Gorilla"); ``seed`` is the global seed of the dataset
-    (stored per class in attributes.json).
+    (stored per class in attributes.json). The render has the shading (gloss, shadows) of ``style`` but none of its
+    per-image effects: it is the exact reference, without exposure, white-balance, blur or noise draws.
 
     Example:
         >>> poses = json.loads((class_dir / "test_poses.json").read_text())
         >>> reference = render_clean_view("01Gorilla", 0, np.array(poses["test/Burrs/0.png"]), 200)
     """
     (name,) = resolve_class_names([name])
-    return to_uint8(render(_scene(name, seed), np.asarray(c2w, dtype=np.float64), size, supersample))
+    shading = resolve_capture_style(style).shading
+    return to_uint8(render(_scene(name, seed), np.asarray(c2w, dtype=np.float64), size, supersample, shading=shading))
 
 
 @dataclass(frozen=True)
@@ -234,6 +283,7 @@ class _ClassJob:
     supersample: int
     camera_angle_x: float
     directory: str
+    style: CaptureStyle = CaptureStyle()
 
 
 @lru_cache(maxsize=4)
@@ -251,8 +301,8 @@ def _training_poses() -> np.ndarray:
     return training_poses()
 
 
-def _write_png(path: Path, pixels: np.ndarray) -> None:
-    Image.fromarray(pixels).save(path)
+def _write_png(path: Path, pixels: np.ndarray, compress_level: int = 6) -> None:
+    Image.fromarray(pixels).save(path, compress_level=compress_level)
 
 
 def _render_task(job: _ClassJob, task: tuple[str, int]) -> dict:
@@ -260,21 +310,31 @@ def _render_task(job: _ClassJob, task: tuple[str, int]) -> dict:
     kind, index = task
     directory = Path(job.directory)
     obj = _object(job.name, job.seed)
+    shading = job.style.shading
+    capture_rng = np.random.default_rng([class_seed(job.seed, job.name), _CAPTURE_STREAM, _CAPTURE_KINDS[kind], index])
+
+    # Sensor noise makes deflate about 5x slower at the default level, for files only ~12% smaller.
+    compress_level = 1 if job.style.noise_sigma else 6
+
+    def write_image(path: Path, image: np.ndarray) -> None:
+        _write_png(path, to_uint8(job.style.apply_photometric(image, capture_rng)), compress_level)
+
     if kind == "train":
         c2w = _training_poses()[index]
-        hits = trace(_scene(job.name, job.seed), c2w, job.size, job.supersample, job.camera_angle_x)
-        image = compose(hits, shade(hits))
-        _write_png(directory / "train" / "good" / f"{index}.png", to_uint8(image))
+        scene = _scene(job.name, job.seed)
+        hits = trace(scene, c2w, job.size, job.supersample, job.camera_angle_x, shadows=shading.shadow_maps(scene))
+        image = compose(hits, shade(hits, gloss=shading.gloss))
+        write_image(directory / "train" / "good" / f"{index}.png", image)
         silhouette = resolve(hits.hit, job.size, job.supersample) >= 0.5
         return {"pose": c2w.tolist(), **_silhouette_stats(silhouette, image)}
     rng = np.random.default_rng([class_seed(job.seed, job.name), _TASK_STREAMS[kind], index])
     if kind == "good":
         c2w = random_test_pose(rng)
-        image = render(_scene(job.name, job.seed), c2w, job.size, job.supersample, job.camera_angle_x)
-        _write_png(directory / "test" / "good" / f"{index}.png", to_uint8(image))
+        image = render(_scene(job.name, job.seed), c2w, job.size, job.supersample, job.camera_angle_x, shading)
+        write_image(directory / "test" / "good" / f"{index}.png", image)
         return {"pose": c2w.tolist()}
-    c2w, view = sample_defect_view(kind, obj, job.size, rng, job.supersample, job.camera_angle_x)
-    _write_png(directory / "test" / kind / f"{index}.png", to_uint8(view.image))
+    c2w, view = sample_defect_view(kind, obj, job.size, rng, job.supersample, job.camera_angle_x, shading)
+    write_image(directory / "test" / kind / f"{index}.png", view.image)
     _write_png(directory / "ground_truth" / kind / f"{index}_mask.png", view.mask.astype(np.uint8) * 255)
     return {"pose": c2w.tolist()}
 
