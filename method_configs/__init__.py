@@ -34,6 +34,10 @@ def _optimizers(max_steps: int) -> dict:
             "optimizer": AdamOptimizerConfig(lr=0.005, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.0005, max_steps=max_steps),
         },
+        "appearance": {  # per-training-image colour transforms (used when appearance_compensation is on)
+            "optimizer": AdamOptimizerConfig(lr=0.005, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.0005, max_steps=max_steps),
+        },
     }
 
 

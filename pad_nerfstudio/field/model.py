@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.nn import Parameter
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from pad_nerfstudio.field.appearance import PerImageColourTransform, background_colour
 from pad_nerfstudio.field.field import ObjectField
 from pad_nerfstudio.field.occupancy import OccupancyGrid, ray_box_intersection
 from pad_nerfstudio.field.packed import distortion, exclusive_cumsum_per_ray, visible_samples
@@ -44,6 +45,11 @@ class OmniposeModelConfig(ModelConfig):
     """Vector-matrix components per plane for colour."""
     view_dependent: bool = False
     """Let colour depend on the viewing direction (for glossy real objects)."""
+    appearance_compensation: bool = True
+    """Learn a small affine colour transform per training image (exposure, white balance) so that the field
+    converges to one canonical look; renderings never apply it (see `appearance.py`)."""
+    appearance_regulariser: float = 1e-2
+    """Weight of the pull of the per-image colour transforms towards the identity."""
     step_ratio: float = 0.6
     """Ray-marching step as a fraction of the finest voxel."""
     occupancy_resolution: int = 64
@@ -83,6 +89,9 @@ class OmniposeModel(Model):
             view_dependent=self.config.view_dependent,
         )
         self.occupancy = OccupancyGrid(aabb, self.config.occupancy_resolution)
+        # getattr: runs whose config.yml predates the option were trained without it (and load without it).
+        compensate = getattr(self.config, "appearance_compensation", False)
+        self.appearance = PerImageColourTransform(self.num_train_data) if compensate else None
         self.register_buffer("hull_carved", torch.tensor(False))
         self.voxel_size = float((aabb[1] - aabb[0]).max()) / max(self.config.grid_resolutions)
         self.step_size = self.voxel_size * self.config.step_ratio
@@ -91,7 +100,10 @@ class OmniposeModel(Model):
     # ---------------------------------------------------------------- training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         grids = list(self.field.density_grid.parameters()) + list(self.field.colour_grid.parameters())
-        return {"fields": grids, "heads": list(self.field.colour_head.parameters())}
+        groups = {"fields": grids, "heads": list(self.field.colour_head.parameters())}
+        if self.appearance is not None:
+            groups["appearance"] = list(self.appearance.parameters())
+        return groups
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):
         def refresh_occupancy(step: int):
@@ -102,8 +114,12 @@ class OmniposeModel(Model):
 
     @torch.no_grad()
     def carve_visual_hull(self, cameras: Cameras, images: list[Float[Tensor, "h w 3"]]) -> None:
-        """Initialise the occupancy grid from the training silhouettes (non-white pixels)."""
-        silhouettes = [(1.0 - image).amax(-1) > 0.03 for image in images]
+        """Initialise the occupancy grid from the training silhouettes (pixels unlike the image's background).
+
+        The background colour is measured per image (its border), so exposure and white-balance changes that
+        turn white into light grey do not make the whole frame "object".
+        """
+        silhouettes = [(image - background_colour(image)).abs().amax(-1) > 0.03 for image in images]
         intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1)
         self.occupancy.carve_visual_hull(
             cameras.camera_to_worlds.cpu(), intrinsics.cpu(), [s.cpu() for s in silhouettes]
@@ -225,6 +241,10 @@ class OmniposeModel(Model):
         outputs = self.render_rays(
             ray_bundle.origins.reshape(-1, 3), ray_bundle.directions.reshape(-1, 3), jitter=self.training
         )
+        if self.training and self.appearance is not None and ray_bundle.camera_indices is not None:
+            # The training image's exposure and white balance; every other rendering stays canonical.
+            indices = ray_bundle.camera_indices.reshape(-1).long().clamp(0, len(self.appearance.offset) - 1)
+            outputs["rgb"] = self.appearance(outputs["rgb"], indices)
         return {key: value.reshape(*shape, -1) for key, value in outputs.items()}
 
     @torch.no_grad()
@@ -247,6 +267,8 @@ class OmniposeModel(Model):
             losses["distortion_loss"] = self.config.distortion_loss_mult * outputs["distortion"].mean()
         if self.config.density_l1 > 0:
             losses["density_l1"] = self.config.density_l1 * self.field.density_grid.l1()
+        if self.training and self.appearance is not None:
+            losses["appearance_prior"] = self.config.appearance_regulariser * self.appearance.regulariser()
         return losses
 
     def get_image_metrics_and_images(self, outputs, batch):
