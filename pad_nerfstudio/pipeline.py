@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -30,6 +31,7 @@ from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
 from pad_nerfstudio.data.mad_layout import read_true_poses, spread_subset
+from pad_nerfstudio.field.appearance import identity_transform, match_colours
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
@@ -51,6 +53,10 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     """Printed when the pipeline starts (e.g. that a GPU preset fell back to its CPU settings)."""
     hull_views: int = 64
     """Training views used to carve the visual hull that initialises the occupancy grid."""
+    reference_max_side: int = 320
+    """The anomaly-free reference is rendered at the query's size up to this many pixels on its longer side
+    (then resized to the query's size): scoring compares at the scorer's map size (224), so larger renderings
+    would cost time and change nothing."""
 
 
 @dataclass
@@ -60,13 +66,16 @@ class Inspection:
     camera_to_world: Float[Tensor, "3 4"]
     """Estimated pose, in the frame of the class's transforms.json (OpenGL convention)."""
     reference: Float[Tensor, "H W 3"]
-    """Anomaly-free rendering of the object at the estimated pose, RGB in [0, 1], at the query's size."""
+    """Anomaly-free rendering of the object at the estimated pose, RGB in [0, 1], at the query's size, in the
+    query's colours (exposure and white balance fitted, see `colour_transform`)."""
     anomaly_map: Float[Tensor, "S S"]
     """Pixel anomaly scores at the scorer's map size (224 in the PAD protocol)."""
     score: float
     """Image anomaly score."""
     pose: Dict[str, Any]
     """Diagnostics of the pose estimate (retrieved views, fit score, seconds per stage)."""
+    colour_transform: Float[Tensor, "3 4"]
+    """Affine colour map from the field's canonical colours to the query's (identity without colour fit)."""
     seconds: Dict[str, float]
     """Wall time per stage: pose, render, score."""
 
@@ -183,17 +192,36 @@ class OmniposePipeline(VanillaPipeline):
         seconds["pose"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        height, width = query.shape[:2]
-        intrinsics = estimator.query_intrinsics(width, height).float()
-        reference = self.model.render_image(camera_to_world.to(self.device), intrinsics.to(self.device), width, height)
-        reference = reference["rgb"].clamp(0.0, 1.0).cpu()
+        reference = self.render_reference(camera_to_world, query.shape[1], query.shape[0])
         seconds["render"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
+        colour_transform = identity_transform()
+        if self.config.scorer.colour_fit:
+            reference, colour_transform = match_colours(reference, query)
         maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None])
         seconds["score"] = time.perf_counter() - clock
         diagnostics.pop("reference", None)  # a rendering at the pre-refinement pose; ours supersedes it
-        return Inspection(camera_to_world, reference, maps[0].cpu(), float(scores[0]), diagnostics, seconds)
+        return Inspection(
+            camera_to_world, reference, maps[0].cpu(), float(scores[0]), diagnostics, colour_transform, seconds
+        )
+
+    def render_reference(self, camera_to_world: Float[Tensor, "3 4"], width: int, height: int) -> Tensor:
+        """The field's canonical-colour rendering at a query's pose, (height, width, 3) in [0, 1], on the CPU.
+
+        Rendered at most ``reference_max_side`` pixels wide or high and resized to (width, height) when larger.
+        """
+        estimator, _ = self.detector()
+        scale = min(1.0, self.config.reference_max_side / max(width, height))
+        render_width, render_height = max(8, round(width * scale)), max(8, round(height * scale))
+        intrinsics = estimator.query_intrinsics(render_width, render_height).float().to(self.device)
+        rendering = self.model.render_image(camera_to_world.to(self.device), intrinsics, render_width, render_height)
+        reference = rendering["rgb"].clamp(0.0, 1.0).cpu()
+        if (render_width, render_height) != (width, height):
+            reference = F.interpolate(
+                reference.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", align_corners=False
+            )[0].permute(1, 2, 0)
+        return reference
 
     # --------------------------------------------------------------------------------------------- evaluation
     def get_average_eval_image_metrics(

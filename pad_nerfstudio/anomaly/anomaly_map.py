@@ -27,6 +27,7 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
 from pad_nerfstudio.anomaly.backbone import FeatureExtractor, load_backbone
+from pad_nerfstudio.field.appearance import match_colours
 
 __all__ = [
     "AnomalyScorer",
@@ -285,6 +286,9 @@ class AnomalyScorerConfig(InstantiateConfig):
     reference location within this radius, in every term (RGB and each layer). 0 = plain PAD protocol."""
     shift_step: float = 1.0
     """Grid spacing in pixels at map_size of the tried reference shifts; below 1 adds sub-pixel shifts."""
+    colour_fit: bool = True
+    """Give the reference the query's exposure and white balance before comparing: a robust affine colour map
+    fitted from reference to query (`field.appearance.match_colours`; defects are outliers of the fit)."""
     foreground_only: bool = False
     """Zero the map where both images show the uniform background colour (MAD-style renderings)."""
     background_color: Tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -343,7 +347,8 @@ class AnomalyScorer(nn.Module):
         """Unweighted, unsmoothed difference maps at map_size: "rgb", "layer0", "layer1", ..., "foreground".
 
         Also "alignment": the (B, 2) translation (dy, dx) in pixels at map_size applied to the reference,
-        a direct read-out of the residual pose error. Useful to inspect which term fires (viewer,
+        a direct read-out of the residual pose error, and "colour_transform": the (B, 3, 4) affine colour map
+        applied to the reference (with ``colour_fit``). Useful to inspect which term fires (viewer,
         debugging); ``forward`` combines them. Inference only: no gradients flow through the scorer.
         """
         cfg = self.config
@@ -352,6 +357,10 @@ class AnomalyScorer(nn.Module):
             raise ValueError(f"Got {query.shape[0]} query images but {reference.shape[0]} references.")
         size = cfg.map_size
         out: Dict[str, Tensor] = {}
+        if cfg.colour_fit:
+            fitted = [match_colours(r.permute(1, 2, 0), q.permute(1, 2, 0)) for q, r in zip(query, reference)]
+            reference = torch.stack([matched.permute(2, 0, 1) for matched, _ in fitted])
+            out["colour_transform"] = torch.stack([transform for _, transform in fitted])
         if cfg.align_radius > 0:
             shift = register_translation(query, reference, cfg.align_radius)
             reference = translate(reference, shift)

@@ -70,6 +70,7 @@ def summarise_records(records: Sequence[QueryRecord], seconds: float, size: int 
         translation = np.array([r.translation_error_pct for r in with_pose])
         results.update(
             pose_rot_err_deg_median=float(np.median(rotation)),
+            pose_rot_err_deg_p95=float(np.percentile(rotation, 95)),
             pose_trans_err_pct_median=float(np.median(translation)),
             pose_within_2deg=float(np.mean(rotation <= 2.0)),
         )

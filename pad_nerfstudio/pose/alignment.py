@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from pad_nerfstudio.field.appearance import apply_colour_transform, fit_colour_transform
 from pad_nerfstudio.pose.se3 import (
     camera_points_to_pixels,
     compose,
@@ -60,6 +61,12 @@ class AlignmentConfig:
     """Levenberg-Marquardt damping relative to the normal matrix diagonal."""
     convergence: float = 2e-5
     """Stop a level once the update is smaller than this (radians / scene units)."""
+    fit_colour: bool = False
+    """Fit the query's exposure and white balance at every iteration: the residual is taken against the rendering
+    under a robust per-channel gain and offset (`field.appearance.fit_colour_transform`), so a query brighter or
+    tinted against the field's canonical look aligns on its edges rather than on its overall colour. Off where
+    alignment scores rank distinct pose hypotheses: the fit gives a wrong pose the freedom to recolour itself
+    towards the query (measured: 180 degree flips on near-symmetric views)."""
     score_truncation: float = 0.1
     """Residuals are clipped at this (colour units) in the fixed-scale ``score`` used to compare hypotheses."""
     seed: int = 0
@@ -251,9 +258,13 @@ def align_to_reference(
             moved = points @ motion[:, :3].t() + motion[:, 3]
             projected, z = camera_points_to_pixels(moved, query_intrinsics)
             sampled = _sample(query_stack, projected).to(dtype)
-            residuals = sampled[:, :3] - target
             inside = (z > 1e-6) & (projected[:, 0] > -0.5) & (projected[:, 1] > -0.5)
             inside &= (projected[:, 0] < query.width - 0.5) & (projected[:, 1] < query.height - 0.5)
+            predicted = target
+            if config.fit_colour and int(inside.sum()) >= 12:
+                colour = fit_colour_transform(target, sampled[:, :3], inside.to(dtype), iterations=3)
+                predicted = apply_colour_transform(target, colour.to(dtype))
+            residuals = sampled[:, :3] - predicted
             used = int(inside.sum())
             if used < 12:
                 diagnostics.update(cost=float("inf"), score=float("inf"), inlier_fraction=0.0, pixels=float(used))

@@ -78,8 +78,10 @@ class PoseEstimatorConfig(InstantiateConfig):
         default_factory=lambda: (
             RoundConfig(0.25, AlignmentConfig(blur_sigmas=(4.0, 2.0), iterations=(10, 10), num_pixels=1500), keep=2),
             RoundConfig(0.5, AlignmentConfig(blur_sigmas=(2.0, 1.0), iterations=(10, 10), num_pixels=2000)),
-            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(1.0, 0.5), iterations=(10, 15), num_pixels=3000)),
-            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=6000)),
+            RoundConfig(
+                1.0, AlignmentConfig(blur_sigmas=(1.0, 0.5), iterations=(10, 15), num_pixels=3000, fit_colour=True)
+            ),
+            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=6000, fit_colour=True)),
         )
     )
     """Render-then-align rounds, coarse to fine. Each renders all surviving hypotheses in one batch of rays,
@@ -88,7 +90,12 @@ class PoseEstimatorConfig(InstantiateConfig):
     start that ended in a 17 degree local minimum while a 7.6 degree start scored second). The second
     full-resolution round re-renders at the refined pose, so the field's depth errors warp less: measured with
     ns-eval on all 80 queries of three 200 px pad-synth classes, median rotation error 0.159 -> 0.131 deg, for
-    0.3-0.6 s more per query."""
+    0.3-0.6 s more per query. The full-resolution rounds fit the query's exposure and white balance
+    (``fit_colour``); the rounds that rank hypotheses do not."""
+    max_render_pixels: int = 200 * 200
+    """Pixel budget of a round at scale 1: larger queries are aligned to renderings of at most this many pixels
+    (scaled down with the round's scale), so the cost of localisation stays bounded whatever the image size.
+    Alignment still samples the query at its own resolution."""
     retry_factor: float = 3.0
     """If the final fit is this many times worse than the field's typical fit (measured on training views when
     the estimator is built), the fine stage is run again from the training views nearest to the estimate and
@@ -343,10 +350,9 @@ class PoseEstimator:
         origins = list(range(len(poses)))  # which initial pose each surviving hypothesis descends from
         for index, round_config in enumerate(self.config.rounds):
             clock = time.perf_counter()
-            round_width, round_height = (
-                max(8, round(width * round_config.scale)),
-                max(8, round(height * round_config.scale)),
-            )
+            budget = min(1.0, (self.config.max_render_pixels / (width * height)) ** 0.5)
+            round_width = max(8, round(width * round_config.scale * budget))
+            round_height = max(8, round(height * round_config.scale * budget))
             scale = torch.tensor([round_width / width, round_height / height] * 2, dtype=intrinsics.dtype)
             round_intrinsics = intrinsics * scale
             renders = render_views(self.model, poses, round_intrinsics, round_width, round_height)
