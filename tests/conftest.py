@@ -32,7 +32,6 @@ def tiny_scene(tiny_class) -> SimpleNamespace:
     from pad_nerfstudio.data.datamanager import MADDataManagerConfig
     from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
     from pad_nerfstudio.field.model import OmniposeModelConfig
-    from pad_nerfstudio.field.rays import pixel_rays
     from pad_nerfstudio.pipeline import OmniposePipelineConfig
     from pad_nerfstudio.pose.alignment import AlignmentConfig
     from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig
@@ -53,21 +52,41 @@ def tiny_scene(tiny_class) -> SimpleNamespace:
         hull_views=32,
     )
     pipeline = config.setup(device="cpu", test_mode="test")
+    images, cameras, intrinsics, losses = train_briefly(pipeline, steps=150)
+    model = pipeline.model
+    return SimpleNamespace(
+        pipeline=pipeline, model=model, cameras=cameras, intrinsics=intrinsics, images=images, losses=losses
+    )
+
+
+def train_briefly(pipeline, steps: int, rays: int = 1024, seed: int = 0):
+    """Carve the hull and train the pipeline's field on random rays over all training views, as ns-train does.
+
+    Rays go through ``model.get_outputs`` with their camera indices, so per-image appearance is learned too.
+    Returns the training images [n, h, w, 3], cameras, intrinsics [n, 4] and the per-step MSE.
+    """
+    from nerfstudio.cameras.rays import RayBundle
+
+    from pad_nerfstudio.field.rays import pixel_rays
+
+    torch.manual_seed(seed)
     pipeline.carve_visual_hull(step=0)
     model, dataset = pipeline.model, pipeline.datamanager.train_dataset
     images = torch.stack([dataset.get_image_float32(i) for i in range(len(dataset))])
     cameras = dataset.cameras
     intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1)
     groups = model.get_param_groups()
-    optimizer = torch.optim.Adam([{"params": groups["fields"], "lr": 0.02}, {"params": groups["heads"], "lr": 0.005}])
+    rates = {"fields": 0.02, "heads": 0.005, "appearance": 0.005}
+    optimizer = torch.optim.Adam([{"params": params, "lr": rates[name]} for name, params in groups.items()])
     height, width = images.shape[1:3]
     losses = []
     model.train()
-    for _ in range(150):  # random rays over all views, as the datamanager samples them
-        view = torch.randint(0, len(dataset), (1024,))
-        pixels = torch.stack([torch.randint(0, width, (1024,)), torch.randint(0, height, (1024,))], -1)
+    for _ in range(steps):
+        view = torch.randint(0, len(dataset), (rays,))
+        pixels = torch.stack([torch.randint(0, width, (rays,)), torch.randint(0, height, (rays,))], -1)
         origins, directions = pixel_rays(cameras.camera_to_worlds[view], intrinsics[view], pixels.float())
-        result = model.render_rays(origins, directions, jitter=True)
+        bundle = RayBundle(origins, directions, pixel_area=torch.ones(rays, 1), camera_indices=view[:, None])
+        result = model.get_outputs(bundle)
         batch = {"image": images[view, pixels[:, 1], pixels[:, 0]]}
         loss = sum(model.get_loss_dict(result, batch).values())
         optimizer.zero_grad()
@@ -75,6 +94,4 @@ def tiny_scene(tiny_class) -> SimpleNamespace:
         optimizer.step()
         losses.append(float(((result["rgb"].detach() - batch["image"]) ** 2).mean()))
     model.eval()
-    return SimpleNamespace(
-        pipeline=pipeline, model=model, cameras=cameras, intrinsics=intrinsics, images=images, losses=losses
-    )
+    return images, cameras, intrinsics, losses

@@ -117,11 +117,13 @@ def check_eval_outputs(results: dict, report: Path, class_dir: Path) -> None:
     defect_types = sorted({Path(q).parent.name for q in queries} - {"good"})
     expected = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max", "num_queries"}
     expected |= {"seconds_per_query", "pose_rot_err_deg_median", "pose_trans_err_pct_median", "pose_within_2deg"}
-    expected |= {f"{level}_auroc_{t}" for level in ("image", "pixel") for t in defect_types}
+    expected |= {"pose_rot_err_deg_p95"} | {f"{level}_auroc_{t}" for level in ("image", "pixel") for t in defect_types}
     assert expected <= set(results), expected - set(results)
     assert results["num_queries"] == len(queries)
-    for key in expected - {"num_queries", "seconds_per_query", "pose_rot_err_deg_median", "pose_trans_err_pct_median"}:
+    unbounded = {"num_queries", "seconds_per_query", "pose_rot_err_deg_median", "pose_rot_err_deg_p95"}
+    for key in expected - unbounded - {"pose_trans_err_pct_median"}:
         assert 0.0 <= results[key] <= 1.0, (key, results[key])
+    assert results["pose_rot_err_deg_p95"] >= results["pose_rot_err_deg_median"]
 
     with (report / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
