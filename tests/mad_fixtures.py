@@ -62,3 +62,25 @@ def make_mad_class(
                 mask_path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask).save(mask_path)
     return class_dir
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """Write a 16-bit PNG (grey, grey+alpha, RGB or RGBA by the channel count); PIL cannot write these."""
+    import struct
+    import zlib
+
+    pixels = np.asarray(pixels, dtype=">u2")
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    height, width, channels = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )

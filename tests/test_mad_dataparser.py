@@ -7,10 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-from mad_fixtures import make_mad_class
+import torch
+from mad_fixtures import make_mad_class, write_png16
 
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
-from pad_nerfstudio.data.mad_dataset import MADDataset
+from pad_nerfstudio.data.mad_dataset import MADDataset, load_rgb
 from pad_nerfstudio.data.mad_layout import MADFormatError
 
 
@@ -202,3 +203,84 @@ def test_loads_pad_synth_output(tiny_class):
         item = test[index]
         assert item["image"].shape == (48, 48, 3)
         assert bool(item["gt_mask"].any()) == (item["defect_type"] != "good")
+
+
+# ------------------------------------------------------------------------------- image modes
+def test_8bit_grey_and_grey_alpha(tmp_path):
+    from PIL import Image
+
+    grey = tmp_path / "L.png"
+    Image.fromarray(np.array([[0, 100]], dtype=np.uint8)).save(grey)
+    assert load_rgb(grey).tolist() == [[[0, 0, 0], [100, 100, 100]]]
+    grey_alpha = tmp_path / "LA.png"
+    Image.fromarray(np.array([[[100, 255], [100, 0]]], dtype=np.uint8), mode="LA").save(grey_alpha)
+    assert Image.open(grey_alpha).mode == "LA"
+    assert load_rgb(grey_alpha).tolist() == [[[100, 100, 100], [255, 255, 255]]]  # transparent -> white
+
+
+def test_palette_with_and_without_transparency(tmp_path):
+    from PIL import Image
+
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.putpixel((1, 0), 1)
+    plain = tmp_path / "P.png"
+    image.save(plain)
+    assert load_rgb(plain).tolist() == [[[10, 20, 30], [200, 100, 50]]]
+    transparent = tmp_path / "P_transparent.png"
+    image.save(transparent, transparency=1)
+    assert Image.open(transparent).mode == "P"
+    assert load_rgb(transparent).tolist() == [[[10, 20, 30], [255, 255, 255]]]
+
+
+def test_8bit_rgb_and_rgba(tmp_path):
+    from PIL import Image
+
+    rgb = tmp_path / "RGB.png"
+    Image.fromarray(np.array([[[1, 2, 3], [250, 128, 0]]], dtype=np.uint8)).save(rgb)
+    assert load_rgb(rgb).tolist() == [[[1, 2, 3], [250, 128, 0]]]
+    rgba = tmp_path / "RGBA.png"
+    Image.fromarray(np.array([[[200, 100, 0, 255], [0, 0, 0, 128]]], dtype=np.uint8)).save(rgba)
+    # Half-transparent black on white: about half grey.
+    assert load_rgb(rgba).tolist() == [[[200, 100, 0], [127, 127, 127]]]
+
+
+def test_16bit_grey_is_scaled_not_clipped(tmp_path):
+    """PIL opens 16-bit grey as I;16; convert("RGB") clips every value above 255 to white."""
+    from PIL import Image
+
+    path = tmp_path / "grey16.png"
+    write_png16(path, np.array([[0, 257 * 100, 30000, 65535]]))
+    assert Image.open(path).mode == "I;16"
+    assert load_rgb(path)[0, :, 0].tolist() == [0, 100, 117, 255]  # 30000 / 257 = 116.7
+    assert (load_rgb(path)[..., 0] == load_rgb(path)[..., 2]).all()
+
+
+def test_16bit_grey_alpha_rgb_and_rgba_keep_all_bits(tmp_path):
+    """PIL keeps only the high byte of 16-bit colour PNGs (1000 -> 3); the reader rounds value / 257 (-> 4)."""
+    rgb = tmp_path / "rgb16.png"
+    write_png16(rgb, np.array([[[1000, 257 * 200, 65535], [300, 0, 50000]]]))
+    assert load_rgb(rgb).tolist() == [[[4, 200, 255], [1, 0, 195]]]
+    rgba = tmp_path / "rgba16.png"
+    write_png16(rgba, np.array([[[1000, 257 * 200, 0, 65535], [0, 0, 0, 0], [0, 0, 0, 32768]]]))
+    assert load_rgb(rgba).tolist() == [[[4, 200, 0], [255, 255, 255], [127, 127, 127]]]
+    grey_alpha = tmp_path / "la16.png"
+    write_png16(grey_alpha, np.array([[[1000, 65535], [1000, 0]]]))
+    assert load_rgb(grey_alpha).tolist() == [[[4, 4, 4], [255, 255, 255]]]
+
+
+def test_16bit_grey_training_view_through_the_dataset(tmp_path):
+    class_dir = make_mad_class(tmp_path, size=4)
+    write_png16(class_dir / "train" / "good" / "0.png", np.full((4, 4), 257 * 60))
+    image = MADDataset(parse(class_dir)).get_image_float32(0)
+    assert torch.allclose(image, torch.full((4, 4, 3), 60 / 255))
+
+
+def test_unsupported_mode_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.array([[0.5, 0.25]], dtype=np.float32), mode="F").save(path)
+    with pytest.raises(MADFormatError, match=r"float.tiff has PIL mode 'F'.*Save it as an 8-bit RGB"):
+        load_rgb(path)
