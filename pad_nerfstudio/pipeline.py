@@ -75,7 +75,8 @@ class Inspection:
     pose: Dict[str, Any]
     """Diagnostics of the pose estimate (retrieved views, fit score, seconds per stage)."""
     colour_transform: Float[Tensor, "3 4"]
-    """Affine colour map from the field's canonical colours to the query's (identity without colour fit)."""
+    """Per-channel gain and offset, as a (3, 4) affine map, from the field's canonical colours to the query's
+    (identity without the scorer's colour fit)."""
     seconds: Dict[str, float]
     """Wall time per stage: pose, render, score."""
 

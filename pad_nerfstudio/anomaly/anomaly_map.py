@@ -287,8 +287,8 @@ class AnomalyScorerConfig(InstantiateConfig):
     shift_step: float = 1.0
     """Grid spacing in pixels at map_size of the tried reference shifts; below 1 adds sub-pixel shifts."""
     colour_fit: bool = True
-    """Give the reference the query's exposure and white balance before comparing: a robust affine colour map
-    fitted from reference to query (`field.appearance.match_colours`; defects are outliers of the fit)."""
+    """Give the reference the query's exposure and white balance before comparing: a robust per-channel gain and
+    offset fitted from reference to query (`field.appearance.match_colours`; defects are outliers of the fit)."""
     foreground_only: bool = False
     """Zero the map where both images show the uniform background colour (MAD-style renderings)."""
     background_color: Tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -347,8 +347,8 @@ class AnomalyScorer(nn.Module):
         """Unweighted, unsmoothed difference maps at map_size: "rgb", "layer0", "layer1", ..., "foreground".
 
         Also "alignment": the (B, 2) translation (dy, dx) in pixels at map_size applied to the reference,
-        a direct read-out of the residual pose error, and "colour_transform": the (B, 3, 4) affine colour map
-        applied to the reference (with ``colour_fit``). Useful to inspect which term fires (viewer,
+        a direct read-out of the residual pose error, and "colour_transform": the (B, 3, 4) per-channel gain
+        and offset applied to the reference (with ``colour_fit``). Useful to inspect which term fires (viewer,
         debugging); ``forward`` combines them. Inference only: no gradients flow through the scorer.
         """
         cfg = self.config
