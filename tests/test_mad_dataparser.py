@@ -12,7 +12,7 @@ from mad_fixtures import make_mad_class, write_png16
 
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset, load_rgb
-from pad_nerfstudio.data.mad_layout import MADFormatError
+from pad_nerfstudio.data.mad_layout import MADFormatError, read_true_poses
 
 
 def parse(data, split="train", **options):
@@ -284,3 +284,51 @@ def test_unsupported_mode_is_refused_by_name(tmp_path):
     Image.fromarray(np.array([[0.5, 0.25]], dtype=np.float32), mode="F").save(path)
     with pytest.raises(MADFormatError, match=r"float.tiff has PIL mode 'F'.*Save it as an 8-bit RGB"):
         load_rgb(path)
+
+
+# ------------------------------------------------------------------------------- true poses
+def _convert_test_images_to_jpeg(class_dir):
+    from PIL import Image
+
+    for path in list((class_dir / "test").rglob("*.png")):
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"), quality=95)
+        path.unlink()
+
+
+def test_true_poses_match_test_images_of_another_extension(tmp_path):
+    class_dir = make_mad_class(tmp_path, test_counts={"good": 2})
+    pose = np.arange(16, dtype=np.float64).reshape(4, 4)
+    (class_dir / "test_poses.json").write_text(json.dumps({"test/good/0.png": pose.tolist()}))
+    poses = read_true_poses(class_dir)
+    for name in ("test/good/0.png", "test/good/0.jpg", "./test/good/0.jpg", "test/good/0"):
+        np.testing.assert_array_equal(poses.get(name), pose)
+        assert name in poses
+    assert poses.get("test/good/1.jpg") is None and "test/good/1.png" not in poses
+
+
+def test_pose_error_is_measured_for_jpeg_queries(tmp_path):
+    """Evaluation (the baselines' protocol, like ns-eval) finds the pad-synth poses of a class converted to JPEG."""
+    from scipy.spatial.transform import Rotation
+
+    from pad_nerfstudio.bench.evaluate import Detection, evaluate_detector, load_split, read_scores_csv
+
+    class_dir = make_mad_class(tmp_path, test_counts={"good": 2, "Burrs": 1})
+    estimate = np.eye(4)
+    estimate[:3, 3] = [0.0, 0.0, 4.0]
+    tilted = estimate.copy()
+    tilted[:3, :3] = Rotation.from_euler("z", 30, degrees=True).as_matrix()
+    truth = {"test/good/0.png": estimate, "test/good/1.png": tilted, "test/Burrs/0.png": estimate}
+    (class_dir / "test_poses.json").write_text(json.dumps({k: v.tolist() for k, v in truth.items()}))
+    _convert_test_images_to_jpeg(class_dir)
+
+    class FixedPose:
+        def detect(self, query):
+            size = query.shape[:2]
+            return Detection(np.zeros((8, 8)), 0.0, np.ones((*size, 3)), torch.from_numpy(estimate[:3]).float())
+
+    metrics = evaluate_detector(FixedPose(), load_split(class_dir, "test"), tmp_path / "report", map_size=8)
+    errors = {
+        row["image_path"]: row.get("rotation_error_deg") for row in read_scores_csv(tmp_path / "report" / "scores.csv")
+    }
+    assert errors == pytest.approx({"test/Burrs/0.jpg": 0.0, "test/good/0.jpg": 0.0, "test/good/1.jpg": 30.0}, abs=1e-3)
+    assert metrics["pose_within_2deg"] == pytest.approx(2 / 3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -213,15 +213,46 @@ def read_test_queries(class_dir: Path) -> TestQueries:
     return queries
 
 
-def read_true_poses(class_dir: Path) -> dict[str, np.ndarray]:
-    """True camera-to-world of each test image from pad-synth's test_poses.json, keyed like the class folder.
+class TruePoses(dict):
+    """True camera-to-worlds keyed by a test image's path in the class folder, compared without its extension.
+
+    test_poses.json names ``test/good/0.png``; a copy of the class converted to JPEG still finds that pose under
+    ``test/good/0.jpg``. Keys are stored as ``test/good/0``.
+    """
+
+    @staticmethod
+    def key(relative_path: str | Path) -> str:
+        """``test/good/0.png`` -> ``test/good/0`` (also from ``./test/good/0.jpg``)."""
+        return PurePosixPath(Path(relative_path).as_posix()).with_suffix("").as_posix()
+
+    def __getitem__(self, relative_path: str | Path) -> np.ndarray:
+        return super().__getitem__(self.key(relative_path))
+
+    def __contains__(self, relative_path: object) -> bool:
+        return isinstance(relative_path, (str, Path)) and super().__contains__(self.key(relative_path))
+
+    def get(self, relative_path: str | Path, default: np.ndarray | None = None) -> np.ndarray | None:
+        return super().get(self.key(relative_path), default)
+
+
+def read_true_poses(class_dir: Path) -> TruePoses:
+    """True camera-to-world of each test image from pad-synth's test_poses.json, looked up by the image's path in
+    the class folder with or without its extension (see :class:`TruePoses`).
 
     Empty when the class has no such file (real MAD data): only used to measure pose error, never as input.
+
+    Example:
+        >>> read_true_poses(Path("data/pad-synth/01Gorilla")).get("test/good/0.jpg").shape  # doctest: +SKIP
+        (4, 4)
     """
     path = class_dir / "test_poses.json"
     if not path.exists():
-        return {}
-    return {name: np.asarray(pose, dtype=np.float64) for name, pose in json.loads(path.read_text()).items()}
+        return TruePoses()
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MADFormatError(f"{path} is not valid JSON: {error}.") from error
+    return TruePoses({TruePoses.key(name): np.asarray(pose, dtype=np.float64) for name, pose in stored.items()})
 
 
 def spread_subset(positions: np.ndarray, count: int) -> np.ndarray:

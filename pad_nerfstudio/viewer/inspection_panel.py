@@ -453,12 +453,16 @@ class InspectionPanel(nn.Module):
             CONSOLE.log(f"Inspection panel: no test queries ({error})")
             return []
         class_dir = Path(queries.metadata["class_dir"])
-        true_poses = {name: torch.from_numpy(pose[:3]) for name, pose in read_true_poses(class_dir).items()}
+        true_poses = read_true_poses(class_dir)
         for index, path in enumerate(queries.image_filenames):
             name = Path(path).relative_to(class_dir).as_posix()
             defect_type = str(queries.metadata["defect_types"][index])
+            true_pose = true_poses.get(name)
             self._sources[f"{name} ({defect_type})"] = QuerySource(
-                name=name, index=index, defect_type=defect_type, true_pose=true_poses.get(name)
+                name=name,
+                index=index,
+                defect_type=defect_type,
+                true_pose=None if true_pose is None else torch.from_numpy(true_pose[:3]),
             )
         return list(self._sources)
 
