@@ -332,3 +332,33 @@ def test_pose_error_is_measured_for_jpeg_queries(tmp_path):
     }
     assert errors == pytest.approx({"test/Burrs/0.jpg": 0.0, "test/good/0.jpg": 0.0, "test/good/1.jpg": 30.0}, abs=1e-3)
     assert metrics["pose_within_2deg"] == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------- the test split before training
+def test_training_refuses_a_missing_mask(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    (class_dir / "ground_truth" / "Stains" / "7_mask.png").unlink()
+    with pytest.raises(MADFormatError, match=r"Stains/7_mask.png for test image .*Stains/7.png does not exist.*Add"):
+        parse(class_dir, split="train")
+
+
+def test_training_refuses_a_mask_of_another_size(tmp_path):
+    from PIL import Image
+
+    class_dir = make_mad_class(tmp_path, size=16)
+    Image.new("L", (32, 32)).save(class_dir / "ground_truth" / "Burrs" / "1_mask.png")
+    with pytest.raises(MADFormatError, match=r"Burrs/1_mask.png is \(32, 32\).*Resize the mask to 16 x 16"):
+        parse(class_dir, split="train")
+
+
+def test_training_refuses_an_empty_or_missing_test_folder(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    shutil.rmtree(class_dir / "test")
+    with pytest.raises(MADFormatError, match=r"01Gorilla/test not found.*checked before training"):
+        parse(class_dir, split="train")
+    (class_dir / "test" / "good").mkdir(parents=True)
+    with pytest.raises(MADFormatError, match=r"01Gorilla/test contains no test images.*--check-test-split False"):
+        parse(class_dir, split="train")
+    # Deliberately training without test queries is possible, and the val split never checks them.
+    assert len(parse(class_dir, split="train", check_test_split=False).image_filenames) == 12
+    assert len(parse(class_dir, split="val").image_filenames) == 4

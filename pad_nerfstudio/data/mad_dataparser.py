@@ -47,6 +47,9 @@ class MADDataParserConfig(DataParserConfig):
     """Divide image resolution by this factor (MAD-Sim: 800 -> 400 with 2, -> 200 with 4)."""
     scene_margin: float = 1.05
     """Scene box half-size relative to the largest sphere all cameras see (see `object_sphere`)."""
+    check_test_split: bool = True
+    """Also check the test split (images, ground-truth masks and their sizes) when the train split is parsed, so
+    that a broken test split is reported before training instead of by ns-eval afterwards."""
 
 
 def _cameras(poses: np.ndarray, intrinsics: list[Intrinsics], downscale: int) -> Cameras:
@@ -63,6 +66,17 @@ def _cameras(poses: np.ndarray, intrinsics: list[Intrinsics], downscale: int) ->
         height=column("height", torch.int64) // downscale,
         camera_type=CameraType.PERSPECTIVE,
     )
+
+
+def _check_test_split(class_dir: Path) -> None:
+    """Read the test split's file list, image and mask headers now: the first use of the test split is ns-eval."""
+    try:
+        read_test_queries(class_dir)
+    except MADFormatError as error:
+        raise MADFormatError(
+            f"{error} (The test split is checked before training so that evaluation cannot fail after it. Fix it, "
+            "or train without a test split with the mad-data option --check-test-split False.)"
+        ) from error
 
 
 @dataclass
@@ -93,6 +107,8 @@ class MADDataParser(DataParser):
                 views.camera_to_worlds[indices], [views.intrinsics[i] for i in indices], self.config.downscale_factor
             )
             if split == "train":
+                if getattr(self.config, "check_test_split", True):  # configs saved before the option lack it
+                    _check_test_split(class_dir)
                 CONSOLE.log(f"MAD class {class_dir.name}: {len(indices)} training views, object radius {radius:.2f}")
             return DataparserOutputs(
                 image_filenames=[views.image_paths[i] for i in indices],

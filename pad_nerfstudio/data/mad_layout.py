@@ -198,18 +198,26 @@ def read_test_queries(class_dir: Path) -> TestQueries:
             if type_dir.name != GOOD:
                 mask = class_dir / "ground_truth" / type_dir.name / f"{path.stem}_mask.png"
                 if not mask.is_file():
-                    raise MADFormatError(f"Ground-truth mask {mask} for test image {path} does not exist.")
+                    raise MADFormatError(
+                        f"Ground-truth mask {mask} for test image {path} does not exist: every defective test image "
+                        "needs ground_truth/<defect type>/<n>_mask.png (white where the defect is). Add the mask, or "
+                        "move the image to test/good/ if it shows no defect."
+                    )
                 if image_size(mask) != size:
                     raise MADFormatError(
                         f"Ground-truth mask {mask} is {image_size(mask)} pixels but its image {path} is {size}: "
-                        "masks must have the size of their image."
+                        f"masks must have the size of their image. Resize the mask to {size[0]} x {size[1]} "
+                        "(nearest neighbour) or the image to the mask's size."
                     )
             queries.image_paths.append(path)
             queries.defect_types.append(type_dir.name)
             queries.mask_paths.append(mask)
             queries.sizes.append(size)
     if not queries.image_paths:
-        raise MADFormatError(f"{test_dir} contains no test images: expected test/<defect type>/<n>.png.")
+        raise MADFormatError(
+            f"{test_dir} contains no test images: expected test/<defect type>/<n>.png, at least test/good/<n>.png "
+            "(.png or .jpg)."
+        )
     return queries
 
 
