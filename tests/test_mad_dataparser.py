@@ -362,3 +362,33 @@ def test_training_refuses_an_empty_or_missing_test_folder(tmp_path):
     # Deliberately training without test queries is possible, and the val split never checks them.
     assert len(parse(class_dir, split="train", check_test_split=False).image_filenames) == 12
     assert len(parse(class_dir, split="val").image_filenames) == 4
+
+
+# ------------------------------------------------------------------------------- queries of another size
+def test_test_images_at_twice_the_training_resolution(tmp_path):
+    """ns-eval's datamanager on a class whose defective queries are 2x: each query keeps its own size."""
+    from PIL import Image
+
+    from pad_nerfstudio.data.datamanager import MADDataManagerConfig
+
+    class_dir = make_mad_class(tmp_path, size=16, test_counts={"good": 2, "Burrs": 2})
+    for index in range(2):
+        pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+        pixels[:, 16:] = 200
+        Image.fromarray(pixels).save(class_dir / "test" / "Burrs" / f"{index}.png")
+        mask = np.zeros((32, 32), dtype=np.uint8)
+        mask[5, :] = 255
+        Image.fromarray(mask).save(class_dir / "ground_truth" / "Burrs" / f"{index}_mask.png")
+    config = MADDataManagerConfig(dataparser=MADDataParserConfig(data=class_dir))
+    datamanager = config.setup(device="cpu", test_mode="test")
+    queries = datamanager.eval_dataset
+    burrs = queries.metadata["defect_types"].index("Burrs")
+    good = queries.metadata["defect_types"].index("good")
+    item = queries[burrs]
+    assert item["image"].shape == (32, 32, 3) and queries[good]["image"].shape == (16, 16, 3)
+    assert float(item["image"][0, 0, 0]) == 0.0 and float(item["image"][0, 31, 0]) == pytest.approx(200 / 255)
+    assert item["gt_mask"].shape == (32, 32) and item["gt_mask"][5].all() and int(item["gt_mask"].sum()) == 32
+    # Intrinsics scaled from the training views': twice the focal length and principal point.
+    train_fx = float(datamanager.train_dataset.cameras.fx[0])
+    assert float(queries.cameras.fx[burrs]) == pytest.approx(2 * train_fx) and float(queries.cameras.cx[burrs]) == 16
+    assert float(queries.cameras.fx[good]) == pytest.approx(train_fx)
