@@ -145,6 +145,114 @@ def test_failed_or_interrupted_run_leaves_no_result(tmp_path, fake_classes):
     assert len(execute_runs(plan, fake_classes, out, {"patchcore": retried}).done) == len(plan)
 
 
+class FakeTraining:
+    """Stands in for nerfstudio's ns-train: writes config.yml and the checkpoints a training of N steps leaves.
+
+    ``interrupted``: like ns-train after Ctrl-C, which it catches and returns from normally, leaving only the
+    intermediate checkpoint.
+    """
+
+    def __init__(self, interrupted: bool = False):
+        self.interrupted = interrupted
+        self.calls = 0
+
+    def __call__(self, config):
+        self.calls += 1
+        config.get_base_dir().mkdir(parents=True, exist_ok=True)
+        (config.get_base_dir() / "config.yml").write_text("fake")
+        checkpoints = config.get_checkpoint_dir()
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / "step-000000001.ckpt").write_text("intermediate")
+        if not self.interrupted:
+            (checkpoints / f"step-{config.max_num_iterations - 1:09d}.ckpt").write_text("final")
+
+
+def test_omnipose_run_counts_as_trained_only_with_its_final_checkpoint(tmp_path, monkeypatch):
+    import nerfstudio.scripts.train
+    import nerfstudio.utils.eval_utils
+
+    from pad_nerfstudio.bench.methods import RunContext, final_checkpoint, omnipose_trainer_config, run_omnipose_ad
+
+    class FakePipeline:
+        def get_average_eval_image_metrics(self, output_path=None):
+            return {"image_auroc": 0.75}
+
+    loaded = []
+
+    def fake_eval_setup(config_path, test_mode):
+        loaded.append(sorted(p.name for p in final_checkpoint(config).parent.glob("*.ckpt")))
+        return None, FakePipeline(), final_checkpoint(config), 4
+
+    monkeypatch.setattr(nerfstudio.utils.eval_utils, "eval_setup", fake_eval_setup)
+    run = BenchRun(CLASSES[0], "omnipose-ad", None)
+    options = MethodOptions(preset="lite", max_num_iterations=5)
+    context = RunContext(run, tmp_path / "data" / CLASSES[0], run_dir(tmp_path / "bench", run), options)
+    config = omnipose_trainer_config(context)
+    marker = context.run_dir / "trained.json"
+
+    interrupted = FakeTraining(interrupted=True)
+    monkeypatch.setattr(nerfstudio.scripts.train, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="step-000000004.ckpt"):  # the Ctrl-C ns-train swallowed
+        run_omnipose_ad(context)
+    assert not marker.exists() and not loaded
+
+    finished = FakeTraining()
+    monkeypatch.setattr(nerfstudio.scripts.train, "main", finished)
+    output = run_omnipose_ad(context)  # the interrupted training is redone, not reused
+    assert finished.calls == 1 and output["metrics"] == {"image_auroc": 0.75}
+    assert json.loads(marker.read_text())["max_num_iterations"] == 5
+    assert loaded[-1] == ["step-000000001.ckpt", "step-000000004.ckpt"]
+
+    run_omnipose_ad(context)  # finished: reused
+    assert finished.calls == 1
+    final_checkpoint(config).unlink()  # trained.json alone does not make a training
+    run_omnipose_ad(context)
+    assert finished.calls == 2
+
+
+def _cli_classes(tmp_path, monkeypatch):
+    from mad_fixtures import make_mad_class
+
+    monkeypatch.setattr(runner_module, "class_attributes", lambda class_dir: {"pad-synth": None, "images": {}})
+    for name in CLASSES[:2]:
+        make_mad_class(tmp_path / "data", name, n_train=4, size=8, test_counts={"good": 1})
+    return ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "bench")]
+
+
+def test_failed_run_is_one_terminal_line_and_the_report_still_comes(tmp_path, monkeypatch, capsys):
+    from pad_nerfstudio.bench import cli
+
+    args = _cli_classes(tmp_path, monkeypatch)
+    failing = CountingRunner(RuntimeError("CUDA out of memory\nTried to allocate 2 GiB"))
+    monkeypatch.setattr(cli, "RUNNERS", {"patchcore": CountingRunner(), "nearest-view": failing})
+    assert bench_main([*args, "--methods", "patchcore,nearest-view"]) == 1
+    printed = capsys.readouterr().out
+    for name in CLASSES[:2]:
+        log = run_dir(tmp_path / "bench", BenchRun(name, "nearest-view", None)) / "log.txt"
+        line = f"{name}/nearest-view/all-views failed: RuntimeError: CUDA out of memory (log: {log})"
+        assert line in printed.splitlines()  # printed when it happens, unwrapped
+        assert "Tried to allocate" in log.read_text()
+    assert "Tried to allocate" not in printed and "Traceback" not in printed
+    markdown = (tmp_path / "bench" / "results.md").read_text()
+    assert f"| {CLASSES[0]} |" in markdown and "patchcore" in markdown
+
+
+def test_ctrl_c_exits_130_with_one_line_and_resumes(tmp_path, monkeypatch, capsys):
+    from pad_nerfstudio.bench import cli
+
+    args = _cli_classes(tmp_path, monkeypatch)
+    interrupted = CountingRunner(KeyboardInterrupt())
+    monkeypatch.setattr(cli, "RUNNERS", {"patchcore": interrupted})
+    assert bench_main([*args, "--methods", "patchcore"]) == 130
+    printed = capsys.readouterr().out
+    assert "interrupted; finished runs are kept" in printed and "Traceback" not in printed
+    assert len(interrupted.calls) == 1 and not list((tmp_path / "bench").rglob(RESULT_FILE))
+    resumed = CountingRunner()
+    monkeypatch.setattr(cli, "RUNNERS", {"patchcore": resumed})
+    assert bench_main([*args, "--methods", "patchcore"]) == 0
+    assert len(resumed.calls) == 2 and len(list((tmp_path / "bench").rglob(RESULT_FILE))) == 2
+
+
 def test_atomic_write_keeps_old_file_and_cleans_up(tmp_path):
     path = tmp_path / "run" / RESULT_FILE
     write_json_atomic(path, {"metrics": {"image_auroc": 0.5}})

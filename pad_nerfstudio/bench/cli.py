@@ -22,6 +22,7 @@ from typing import List, Literal, Optional, Sequence
 
 import tyro
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pad_nerfstudio.bench.methods import RUNNERS, MethodOptions
@@ -95,7 +96,7 @@ def _print_summary(summary: RunSummary, out: Path) -> None:
     table.add_row("failed", str(len(summary.failed)))
     CONSOLE.print(table)
     for key, log in summary.failed.items():
-        CONSOLE.print(f"[red]failed[/red] {key}: see {log}")
+        CONSOLE.print(f"[red]failed[/red] {key}: {escape(summary.errors.get(key, ''))} (log: {log})", soft_wrap=True)
     if summary.stale:
         CONSOLE.print(
             f"[yellow]{len(summary.stale)} skipped runs were made with other options "
@@ -178,6 +179,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (BenchOptionError, ReportError, MADFormatError) as error:
         CONSOLE.print(f"[bold red]pad-bench:[/bold red] {error}")
         return 2
+    except KeyboardInterrupt:
+        CONSOLE.print(
+            "[bold red]pad-bench:[/bold red] interrupted; finished runs are kept and the unfinished one will be "
+            "redone: run the same command again to resume."
+        )
+        return 130
 
 
 def entrypoint() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "RUNNERS",
     "RELEVANT_OPTIONS",
     "run_omnipose_ad",
+    "final_checkpoint",
     "run_patchcore",
     "run_nearest_view",
 ]
@@ -108,29 +109,48 @@ def omnipose_trainer_config(context: RunContext):
     return config
 
 
+def final_checkpoint(config) -> Path:
+    """The checkpoint nerfstudio writes when a training of ``config`` runs to its end (``step-<last step>.ckpt``)."""
+    return Path(config.get_checkpoint_dir()) / f"step-{config.max_num_iterations - 1:09d}.ckpt"
+
+
 def run_omnipose_ad(context: RunContext) -> Dict[str, Any]:
     """Train with nerfstudio's ns-train entry point, then evaluate like ns-eval.
 
-    A finished training is recorded in ``trained.json``; a rerun after a failed evaluation reuses it
-    (unless forced), because training is the expensive half on a full benchmark.
+    A training counts as finished only when its final checkpoint exists; it is then recorded in ``trained.json``
+    and a rerun after a failed evaluation reuses it (unless forced), because training is the expensive half on a
+    full benchmark. nerfstudio's ns-train catches Ctrl-C and returns as if done: a missing final checkpoint after
+    it is re-raised as the interruption it was, so the run is redone next time.
     """
     from nerfstudio.scripts.train import main as ns_train
     from nerfstudio.utils.eval_utils import eval_setup
 
     config = omnipose_trainer_config(context)
     config_path = config.get_base_dir() / "config.yml"
+    checkpoint_path = final_checkpoint(config)
     marker_path = context.run_dir / "trained.json"
     wanted = {"max_num_iterations": config.max_num_iterations, "method_name": config.method_name}
     marker = read_json(marker_path) if not context.force else None
-    reuse = marker is not None and config_path.is_file() and {k: marker.get(k) for k in wanted} == wanted
+    reuse = (
+        marker is not None
+        and config_path.is_file()
+        and checkpoint_path.is_file()
+        and {k: marker.get(k) for k in wanted} == wanted
+    )
     if reuse:
         train_seconds = float(marker["train_seconds"])
         print(f"Reusing the finished training of {config_path} ({train_seconds:.0f} s)")
     else:
+        marker_path.unlink(missing_ok=True)
+        # Checkpoints of an earlier, unfinished training would be loaded by eval_setup (it takes the latest).
+        for stale in Path(config.get_checkpoint_dir()).glob("step-*.ckpt"):
+            stale.unlink()
         context.progress(f"training ({config.max_num_iterations} steps)", 0, 1)
         started = time.perf_counter()
         ns_train(config)
         train_seconds = time.perf_counter() - started
+        if not checkpoint_path.is_file():
+            raise KeyboardInterrupt(f"training stopped before its final checkpoint {checkpoint_path} was written")
         write_json_atomic(marker_path, {**wanted, "train_seconds": train_seconds, "config": str(config_path)})
         _free_memory()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pad_nerfstudio.bench.attributes import class_attributes
@@ -35,7 +36,7 @@ from pad_nerfstudio.bench.store import (
     write_json_atomic,
 )
 
-__all__ = ["RunSummary", "BenchProgress", "execute_runs", "ensure_class_attributes"]
+__all__ = ["RunSummary", "BenchProgress", "execute_runs", "ensure_class_attributes", "error_line"]
 
 LOG_FILE = "log.txt"
 CLASSES_FOLDER = "classes"
@@ -49,6 +50,8 @@ class RunSummary:
     skipped: List[str] = field(default_factory=list)
     failed: Dict[str, str] = field(default_factory=dict)
     """Run key -> its log file."""
+    errors: Dict[str, str] = field(default_factory=dict)
+    """Run key -> its error, one line (the traceback is in the log file)."""
     stale: List[str] = field(default_factory=list)
     """Skipped runs whose stored options differ from this invocation's (rerun them with --force)."""
 
@@ -106,7 +109,7 @@ class BenchProgress:
 
     def print(self, message: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(message)
+            self.progress.console.print(message, soft_wrap=True)  # a log path broken over lines cannot be pasted
 
 
 def ensure_class_attributes(out: Path, class_dir: Path) -> Dict[str, Any]:
@@ -118,6 +121,18 @@ def ensure_class_attributes(out: Path, class_dir: Path) -> Dict[str, Any]:
     attributes = json_ready({**class_attributes(class_dir), "class_dir": str(class_dir)})
     write_json_atomic(path, attributes)
     return attributes
+
+
+def error_line(error: BaseException, limit: int = 300) -> str:
+    """``ExceptionType: first line of the message``, shortened to ``limit`` characters: what a terminal line says.
+
+    Example:
+        >>> error_line(ValueError("bad size\\nmore detail"))
+        'ValueError: bad size'
+    """
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    line = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _utc_now() -> str:
@@ -215,11 +230,12 @@ def execute_runs(
                 output = runners[run.method](context)
                 result = _result_record(context, output, attributes, described, time.perf_counter() - started)
                 write_json_atomic(result_path, json_ready(result))
-            except Exception:
+            except Exception as error:
                 traceback.print_exc()
                 print(f"===== {run.key} FAILED after {time.perf_counter() - started:.1f} s", flush=True)
                 summary.failed[run.key] = str(log_path)
-                progress.print(f"[red]{run.key} failed; see {log_path}")
+                summary.errors[run.key] = error_line(error)
+                progress.print(f"[red]{run.key} failed:[/red] {escape(summary.errors[run.key])} (log: {log_path})")
                 if fail_fast:
                     raise
                 progress.end_run()
