@@ -206,6 +206,36 @@ def test_refuses_non_empty_class_folder_without_force(tmp_path: Path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == [CLASS, "attributes.json"]
 
 
+def test_never_overwrites_an_attributes_json_it_did_not_write(tmp_path: Path, capsys):
+    foreign = tmp_path / "attributes.json"
+    foreign.write_text('{"experiment": "my notes"}')
+    assert cli_main(["--out", str(tmp_path), "--classes", "1", "--size", "32", "--workers", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.strip() == (
+        f"pad-synth: error: {foreign} exists and was not written by pad-synth; pass --force to replace it or choose "
+        "another --out"
+    )
+    assert foreign.read_text() == '{"experiment": "my notes"}' and sorted(p.name for p in tmp_path.iterdir()) == [
+        "attributes.json"
+    ]
+    generate_dataset(
+        tmp_path, classes=1, size=32, n_test_good=0, n_test_defect=0, force=True, workers=1, progress=False
+    )
+    assert list(json.loads(foreign.read_text())) == [CLASS]  # replaced with --force
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("keep")
+    assert cli_main(["--out", str(path), "--classes", "1", "--size", "32"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"pad-synth: error: --out {path}: {path} is a file, not a folder; choose a folder (it is created if missing)"
+    ]
+    assert cli_main(["--out", str(path / "sub"), "--classes", "1", "--size", "32"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert path.read_text() == "keep"
+
+
 def test_failure_mid_class_leaves_no_class_folder(tmp_path: Path, monkeypatch):
     real_write = generate_module._write_png
     calls = []

@@ -160,6 +160,7 @@ def generate_dataset(
         raise InvalidOptionError(f"supersample must be at least 1, got {supersample}")
     style = resolve_capture_style(style)
     out = Path(out)
+    _check_out(out, force)
     for name in names:
         _check_target(out / name, force)
     out.mkdir(parents=True, exist_ok=True)
@@ -407,6 +408,31 @@ def _progress(enabled: bool):
     return Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that is a file, and an attributes.json in it that pad-synth did not write (unless forced)."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(
+                f"--out {out}: {folder} is a file, not a folder; choose a folder (it is created if missing)"
+            )
+    attributes = out / ATTRIBUTES_FILE
+    if attributes.exists() and not _written_by_pad_synth(attributes) and not force:
+        raise FileExistsError(
+            f"{attributes} exists and was not written by pad-synth; pass --force to replace it or choose another --out"
+        )
+
+
+def _written_by_pad_synth(path: Path) -> bool:
+    """Whether ``path`` looks like pad-synth's attributes.json: class name -> its attributes (see `_attributes`)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and all(
+        isinstance(value, dict) and {"shape_complexity", "seed"} <= value.keys() for value in data.values()
+    )
+
+
 def _check_target(target: Path, force: bool) -> None:
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a folder; remove it or choose another --out")
@@ -442,11 +468,8 @@ def _update_attributes(out: Path, name: str, attributes: dict) -> None:
     """Merge one class's attributes into ``out/attributes.json`` (atomically, keeping other classes)."""
     path = out / ATTRIBUTES_FILE
     existing = {}
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            existing = {}
+    if path.exists() and _written_by_pad_synth(path):  # another file there was refused by `_check_out` unless forced
+        existing = json.loads(path.read_text())
     existing[name] = attributes
     handle, temporary = tempfile.mkstemp(prefix=".attributes.", suffix=".tmp", dir=out)
     with os.fdopen(handle, "w") as stream:
