@@ -392,3 +392,34 @@ def test_test_images_at_twice_the_training_resolution(tmp_path):
     train_fx = float(datamanager.train_dataset.cameras.fx[0])
     assert float(queries.cameras.fx[burrs]) == pytest.approx(2 * train_fx) and float(queries.cameras.cx[burrs]) == 16
     assert float(queries.cameras.fx[good]) == pytest.approx(train_fx)
+
+
+# ------------------------------------------------------------------------------- non-rigid poses
+def test_scaled_or_sheared_pose_is_orthonormalised_with_a_warning(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    meta = json.loads((class_dir / "transforms.json").read_text())
+    pose = np.array(meta["frames"][5]["transform_matrix"])
+    distorted = pose.copy()
+    distorted[:3, :3] = pose[:3, :3] @ np.diag([1.0, 1.0, 1.5])  # z axis stretched
+    distorted[:3, 1] += 0.05 * pose[:3, 0]  # and a slight shear
+    meta["frames"][5]["transform_matrix"] = distorted.tolist()
+    (class_dir / "transforms.json").write_text(json.dumps(meta))
+    with pytest.warns(
+        UserWarning, match=r"frame 5 \(train/good/5.png\): transform_matrix is not rigid.*orthonormalised"
+    ):
+        outputs = parse(class_dir)
+    rotation = outputs.cameras.camera_to_worlds[5, :, :3].double().numpy()
+    np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(rotation, pose[:3, :3], atol=0.05)  # the nearest rotation: close to the original
+    np.testing.assert_allclose(outputs.cameras.camera_to_worlds[5, :, 3].numpy(), pose[:3, 3], atol=1e-6)
+
+
+def test_mirrored_pose_is_refused(tmp_path):
+    class_dir = make_mad_class(tmp_path)
+    meta = json.loads((class_dir / "transforms.json").read_text())
+    meta["frames"][2]["transform_matrix"][0][0] *= -1
+    meta["frames"][2]["transform_matrix"][1][0] *= -1
+    meta["frames"][2]["transform_matrix"][2][0] *= -1
+    (class_dir / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(MADFormatError, match=r"frame 2 \(train/good/2.png\): transform_matrix is not a camera pose"):
+        parse(class_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -125,6 +126,32 @@ def _as_pose(matrix, where: str) -> np.ndarray:
     return pose
 
 
+NON_RIGID_TOLERANCE = 1e-3
+"""Largest |R^T R - I| entry accepted as a rotation (float32 round-off in exported poses is far below it)."""
+
+
+def _rigid(pose: np.ndarray, where: str) -> np.ndarray:
+    """``pose`` with its rotation block made orthonormal, with a warning when it was scaled or sheared."""
+    rotation = pose[:3, :3]
+    if np.linalg.det(rotation) <= 0:
+        raise MADFormatError(
+            f"{where}: transform_matrix is not a camera pose (its 3x3 block mirrors or collapses space, "
+            f"determinant {np.linalg.det(rotation):.3g}). Expected a rotation and a translation."
+        )
+    if np.abs(rotation.T @ rotation - np.eye(3)).max() <= NON_RIGID_TOLERANCE:
+        return pose
+    left, singular, right = np.linalg.svd(rotation)
+    rigid = pose.copy()
+    rigid[:3, :3] = left @ right  # the nearest rotation (orthogonal Procrustes)
+    warnings.warn(
+        f"{where}: transform_matrix is not rigid (its 3x3 block has scales {', '.join(f'{v:.4g}' for v in singular)} "
+        "instead of 1, 1, 1: scaled or sheared). Its rotation was orthonormalised to the nearest rotation; fix the "
+        "export if the camera poses should be exact.",
+        stacklevel=2,
+    )
+    return rigid
+
+
 def _intrinsics(meta: dict, frame: dict, size: tuple[int, int], where: str) -> Intrinsics:
     """Intrinsics from MAD/Blender (`camera_angle_x`) or nerfstudio (`fl_x`, `cx`, ...) keys, frame overrides."""
 
@@ -176,7 +203,7 @@ def read_training_views(class_dir: Path) -> TrainingViews:
             path = path.with_name(path.name + ".png")  # Blender-style paths omit the suffix
         if not path.is_file():
             raise MADFormatError(f"{where}: image {path} does not exist.")
-        poses.append(_as_pose(frame["transform_matrix"], where))
+        poses.append(_rigid(_as_pose(frame["transform_matrix"], where), f"{where} ({frame['file_path']})"))
         intrinsics.append(_intrinsics(meta, frame, image_size(path), where))
         paths.append(path)
     return TrainingViews(paths, np.stack(poses), intrinsics)
