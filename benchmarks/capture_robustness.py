@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, List
 
 import numpy as np
 
+from pad_nerfstudio.synth.generate import resolve_class_names
+
 COLUMNS = {
     "image_auroc": "image AUROC",
     "image_auroc_Burrs": "Burrs",
@@ -98,17 +100,16 @@ class Job:
 
 
 def generate(out: Path, style: str, size: int, classes: str, n_good: int, n_defect: int) -> Path:
-    """The pad-synth dataset of one style and size (generated once, reused by later invocations)."""
+    """The pad-synth dataset of one style and size; classes already there are kept (later invocations reuse them)."""
     from pad_nerfstudio.synth.cli import main as pad_synth
 
     root = out / "data" / f"{style}-{size}px"
-    done = root / ".complete"
-    if not done.exists():
-        argv = ["--out", str(root), "--classes", classes, "--size", str(size), "--style", style]
-        argv += ["--n-test-good", str(n_good), "--n-test-defect", str(n_defect), "--force"]
+    missing = [name for name in resolve_class_names(classes) if not (root / name).is_dir()]
+    if missing:
+        argv = ["--out", str(root), "--classes", ",".join(missing), "--size", str(size), "--style", style]
+        argv += ["--n-test-good", str(n_good), "--n-test-defect", str(n_defect)]
         if pad_synth(argv) != 0:
             raise SystemExit(f"pad-synth failed for {root}")
-        done.write_text("")
     return root
 
 
@@ -206,8 +207,8 @@ def main() -> None:
             if not variants:
                 continue
             root = generate(args.out, style, size, args.classes, args.n_test_good, args.n_test_defect)
-            for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                jobs.extend(Job(size, style, class_dir, v, args.out, args.max_num_iterations) for v in variants)
+            for name in resolve_class_names(args.classes):
+                jobs.extend(Job(size, style, root / name, v, args.out, args.max_num_iterations) for v in variants)
 
     per_class, grouped = [], {}
     for job in jobs:
