@@ -330,7 +330,8 @@ class AnomalyScorer(nn.Module):
             raise ValueError(f"Unknown score_rule '{config.score_rule}'; use 'max' or 'avgpool-max'.")
         self.offsets = shift_offsets(config.shift_radius, config.shift_step)
 
-    def _prepare(self, images: Tensor, role: str) -> Float[Tensor, "B 3 S S"]:
+    def _prepare(self, images: Tensor, role: str) -> Float[Tensor, "B 3 H W"]:
+        """Float RGB in [0, 1] on the backbone's device, at the images' own size."""
         if images.ndim == 3:
             images = images.unsqueeze(0)
         if images.ndim != 4 or images.shape[1] != 3:
@@ -338,7 +339,22 @@ class AnomalyScorer(nn.Module):
         if not images.is_floating_point():
             images = images.float() / 255.0  # 8-bit images straight from disk
         device = next(self.backbone.buffers()).device
-        return resize_images(images.to(device=device, dtype=torch.float32), self.config.map_size)
+        return images.to(device=device, dtype=torch.float32)
+
+    @staticmethod
+    def _match_colours(
+        query: Float[Tensor, "B 3 H W"], reference: Float[Tensor, "B 3 h w"]
+    ) -> Tuple[Float[Tensor, "B 3 H W"], Tensor]:
+        """The references in their queries' colours, fitted at the query's resolution (before any resizing: a
+        camera clips its whites before the image is resized, so the transform must too), and the transforms."""
+        if reference.shape[-2:] != query.shape[-2:]:
+            shrinking = reference.shape[-2] > query.shape[-2] or reference.shape[-1] > query.shape[-1]
+            reference = F.interpolate(
+                reference, size=query.shape[-2:], mode="bilinear", align_corners=False, antialias=shrinking
+            )
+        fitted = [match_colours(r.permute(1, 2, 0), q.permute(1, 2, 0)) for q, r in zip(query, reference)]
+        matched = torch.stack([image.permute(2, 0, 1) for image, _ in fitted])
+        return matched, torch.stack([transform for _, transform in fitted])
 
     @torch.no_grad()
     def terms(
@@ -358,9 +374,8 @@ class AnomalyScorer(nn.Module):
         size = cfg.map_size
         out: Dict[str, Tensor] = {}
         if cfg.colour_fit:
-            fitted = [match_colours(r.permute(1, 2, 0), q.permute(1, 2, 0)) for q, r in zip(query, reference)]
-            reference = torch.stack([matched.permute(2, 0, 1) for matched, _ in fitted])
-            out["colour_transform"] = torch.stack([transform for _, transform in fitted])
+            reference, out["colour_transform"] = self._match_colours(query, reference)
+        query, reference = resize_images(query, size), resize_images(reference, size)
         if cfg.align_radius > 0:
             shift = register_translation(query, reference, cfg.align_radius)
             reference = translate(reference, shift)
