@@ -44,7 +44,9 @@ class OmniposeModelConfig(ModelConfig):
     colour_components: int = 16
     """Vector-matrix components per plane for colour."""
     view_dependent: bool = False
-    """Let colour depend on the viewing direction (for glossy real objects)."""
+    """Let colour depend on the viewing direction (for glossy real objects). Measured on a real-style pad-synth
+    class (160 px, benchmarks/capture_robustness.py): pixel AUROC 0.990 -> 0.995, AUPRO 0.977 -> 0.984, image AUROC
+    unchanged, training 15 % slower; off by default until a larger study decides."""
     appearance_compensation: bool = True
     """Learn a small affine colour transform per training image (exposure, white balance) so that the field
     converges to one canonical look; renderings never apply it (see `appearance.py`)."""
