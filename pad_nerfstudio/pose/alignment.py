@@ -260,15 +260,15 @@ def align_to_reference(
             sampled = _sample(query_stack, projected).to(dtype)
             inside = (z > 1e-6) & (projected[:, 0] > -0.5) & (projected[:, 1] > -0.5)
             inside &= (projected[:, 0] < query.width - 0.5) & (projected[:, 1] < query.height - 0.5)
-            predicted = target
-            if config.fit_colour and int(inside.sum()) >= 12:
-                colour = fit_colour_transform(target, sampled[:, :3], inside.to(dtype), iterations=3)
-                predicted = apply_colour_transform(target, colour.to(dtype))
-            residuals = sampled[:, :3] - predicted
             used = int(inside.sum())
             if used < 12:
                 diagnostics.update(cost=float("inf"), score=float("inf"), inlier_fraction=0.0, pixels=float(used))
                 break
+            predicted = target
+            if config.fit_colour:
+                colour = fit_colour_transform(target, sampled[:, :3], inside.to(dtype), iterations=3)
+                predicted = apply_colour_transform(target, colour.to(dtype))
+            residuals = sampled[:, :3] - predicted
             weights, cost = _robust_weights(residuals, inside, kind, config)
             truncated = residuals.clamp(-config.score_truncation, config.score_truncation) ** 2
             diagnostics.update(
