@@ -110,6 +110,8 @@ class MADDataParser(DataParser):
                 if getattr(self.config, "check_test_split", True):  # configs saved before the option lack it
                     _check_test_split(class_dir)
                 CONSOLE.log(f"MAD class {class_dir.name}: {len(indices)} training views, object radius {radius:.2f}")
+            if views.on_backdrop:
+                metadata["object_mask_filenames"] = [views.mask_paths[i] for i in indices]
             return DataparserOutputs(
                 image_filenames=[views.image_paths[i] for i in indices],
                 cameras=cameras,
@@ -136,6 +138,7 @@ class MADDataParser(DataParser):
             for w, h in queries.sizes
         ]
         placeholder = np.repeat(views.camera_to_worlds[:1], len(intrinsics), axis=0)
+        metadata.update(on_backdrop=views.on_backdrop)
         metadata.update(labels=queries.labels, defect_types=queries.defect_types, gt_mask_filenames=queries.mask_paths)
         return DataparserOutputs(
             image_filenames=queries.image_paths,

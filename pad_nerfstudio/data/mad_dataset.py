@@ -17,6 +17,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from PIL import Image
 
 from pad_nerfstudio.data.mad_layout import MADFormatError
+from pad_nerfstudio.data.object_masks import composite_on_white
 
 _EIGHT_BIT_MODES = {"1", "L", "P", "RGB", "CMYK", "YCbCr"}
 """Modes PIL converts to RGB without loss of meaning (CMYK and YCbCr come from JPEGs)."""
@@ -126,7 +127,21 @@ class MADDataset(InputDataset):
         camera = self.cameras[image_idx]
         return int(camera.width.item()), int(camera.height.item())
 
+    @property
+    def on_backdrop(self) -> bool:
+        """Photos on a backdrop: training views come with object masks, queries need segmenting."""
+        return bool(self.metadata.get("object_mask_filenames")) or bool(self.metadata.get("on_backdrop"))
+
     def get_numpy_image(self, image_idx: int) -> npt.NDArray[np.uint8]:
+        """The view as the field learns it: a photo on a backdrop is cut out along its mask onto white."""
+        image = self.get_photo(image_idx)
+        masks = self.metadata.get("object_mask_filenames")
+        if masks and masks[image_idx] is not None:
+            image = composite_on_white(image, load_mask(masks[image_idx], self._camera_size(image_idx)))
+        return image
+
+    def get_photo(self, image_idx: int) -> npt.NDArray[np.uint8]:
+        """The image as stored (with its backdrop, if any), resized to its camera."""
         return load_rgb(self._dataparser_outputs.image_filenames[image_idx], self._camera_size(image_idx))
 
     def get_metadata(self, data: dict) -> dict:

@@ -44,6 +44,14 @@ class TrainingViews:
     image_paths: list[Path]
     camera_to_worlds: np.ndarray  # (N, 4, 4), OpenGL camera axes
     intrinsics: list[Intrinsics]
+    mask_paths: list[Path | None] = field(default_factory=list)
+    """Object masks (white = object) of photos taken on a backdrop, from each frame's ``mask_path``; None for
+    views on MAD's white background."""
+
+    @property
+    def on_backdrop(self) -> bool:
+        """The views are photos on a backdrop, with object masks (MAD-Real after ``pad-poses``)."""
+        return any(path is not None for path in self.mask_paths)
 
 
 @dataclass
@@ -181,9 +189,7 @@ def read_training_views(class_dir: Path) -> TrainingViews:
     if not transforms.is_file():
         raise MADFormatError(
             f"{transforms} not found. Training needs posed defect-free views: MAD-Sim ships them; MAD-Real is "
-            "released without poses. Estimate them first, e.g. with nerfstudio's "
-            f"`ns-process-data images --data {class_dir / 'train' / 'good'} --output-dir {class_dir}` "
-            "(COLMAP), which writes a nerfstudio-format transforms.json that this dataparser accepts."
+            f"released without poses. Estimate them (and the object's masks) first with `pad-poses {class_dir}`."
         )
     try:
         meta = json.loads(transforms.read_text())
@@ -193,7 +199,7 @@ def read_training_views(class_dir: Path) -> TrainingViews:
     if not frames:
         raise MADFormatError(f"{transforms} has no 'frames' list: expected {{'frames': [{{'file_path', ...}}]}}.")
 
-    paths, poses, intrinsics = [], [], []
+    paths, poses, intrinsics, masks = [], [], [], []
     for index, frame in enumerate(frames):
         where = f"{transforms}, frame {index}"
         if "file_path" not in frame or "transform_matrix" not in frame:
@@ -206,7 +212,23 @@ def read_training_views(class_dir: Path) -> TrainingViews:
         poses.append(_rigid(_as_pose(frame["transform_matrix"], where), f"{where} ({frame['file_path']})"))
         intrinsics.append(_intrinsics(meta, frame, image_size(path), where))
         paths.append(path)
-    return TrainingViews(paths, np.stack(poses), intrinsics)
+        masks.append(_frame_mask(class_dir, frame, image_size(path), where))
+    return TrainingViews(paths, np.stack(poses), intrinsics, masks)
+
+
+def _frame_mask(class_dir: Path, frame: dict, size: tuple[int, int], where: str) -> Path | None:
+    """The frame's object mask (nerfstudio's ``mask_path``), checked to exist and to match its image's size."""
+    if not frame.get("mask_path"):
+        return None
+    mask = class_dir / frame["mask_path"]
+    if not mask.is_file():
+        raise MADFormatError(
+            f"{where}: mask {mask} does not exist. Run `pad-poses {class_dir} --force` to write the masks again, or "
+            "remove the frames' 'mask_path' keys if the photos show the object on white."
+        )
+    if image_size(mask) != size:
+        raise MADFormatError(f"{where}: mask {mask} is {image_size(mask)} pixels but its image is {size}.")
+    return mask
 
 
 def read_test_queries(class_dir: Path) -> TestQueries:
