@@ -1,7 +1,8 @@
-"""Camera geometry of the synthetic MAD-Sim clone: the 14 x 15 training grid, random off-grid test poses and the
-pinhole model shared by the renderer and the tests. Poses are camera-to-world 4x4 matrices in the OpenGL / Blender
-convention used by NeRF-Blender data (camera looks down its -z axis, +y is up in the image, world up is +z), so
-``transforms.json`` written from them loads like a MAD-Sim class.
+"""Camera geometry of the synthetic MAD-Sim clone: the 14 x 15 training grid, random off-grid test poses, hand-held
+poses around an object standing on a table (MAD-Real-like captures) and the pinhole model shared by the renderer and
+the tests. Poses are camera-to-world 4x4 matrices in the OpenGL / Blender convention used by NeRF-Blender data
+(camera looks down its -z axis, +y is up in the image, world up is +z), so ``transforms.json`` written from them
+loads like a MAD-Sim class.
 """
 
 from __future__ import annotations
@@ -95,6 +96,101 @@ def random_test_pose(rng: np.random.Generator, radius: float = CAMERA_RADIUS) ->
     )
     distance = radius + rng.uniform(-TEST_RADIUS_JITTER, TEST_RADIUS_JITTER)
     return look_at(target + spherical_position(azimuth, elevation, distance), target, roll_deg=roll)
+
+
+HANDHELD_ELEVATION_RANGE_DEG = (12.0, 65.0)
+"""Elevations of hand-held views above the horizontal plane through the look-at point (the camera stays above the
+table the object stands on)."""
+HANDHELD_ELEVATION_BANDS_DEG = (22.0, 38.0, 54.0)
+"""Centres of the loose loops at which hand-held training views are taken."""
+HANDHELD_ELEVATION_JITTER_DEG = 5.0
+"""Standard deviation of a training view's elevation around its loop's centre."""
+HANDHELD_AZIMUTH_JITTER = 0.35
+"""Azimuth jitter of training views, as a fraction of the even spacing within a loop (uniform, either way)."""
+HANDHELD_DISTANCE_RANGE = (3.3, 4.7)
+"""Distance of hand-held cameras from their look-at point."""
+HANDHELD_LOOK_AT_JITTER = 0.1
+"""Each coordinate of the look-at point is drawn uniformly within this of the object centre."""
+HANDHELD_ROLL_MAX_DEG = 6.0
+FRAME_MARGIN = 0.05
+"""Fraction of the image width kept free around the object in hand-held views (room for burrs)."""
+MAX_POSE_DRAWS = 1000
+
+
+def handheld_pose(
+    azimuth_deg: float, elevation_deg: float, distance: float, target: np.ndarray, roll_deg: float = 0.0
+) -> np.ndarray:
+    """Camera-to-world matrix of a camera at ``distance`` from ``target`` in the given direction, looking at it."""
+    target = np.asarray(target, dtype=np.float64)
+    return look_at(target + spherical_position(azimuth_deg, elevation_deg, distance), target, roll_deg=roll_deg)
+
+
+def in_frame(
+    points: np.ndarray, c2w: np.ndarray, margin: float = FRAME_MARGIN, camera_angle_x: float = CAMERA_ANGLE_X
+) -> bool:
+    """Whether all world ``points`` (n, 3) lie in front of the camera and inside the image, ``margin`` (a fraction of
+    the image width) away from its border. Independent of the image size.
+
+    Example:
+        >>> in_frame(np.zeros((1, 3)), look_at(np.array([4.0, 0.0, 0.0])))
+        True
+    """
+    uv, depth = project_points(points, c2w, 1, camera_angle_x)
+    return bool((depth > 0.0).all() and (uv >= margin).all() and (uv <= 1.0 - margin).all())
+
+
+def handheld_training_poses(rng: np.random.Generator, views: int, centre: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``views`` hand-held poses (views, 4, 4) around an object standing on a table, like a person walking round it
+    with a camera: loops at a few heights (``HANDHELD_ELEVATION_BANDS_DEG``, elevations jittered within
+    ``HANDHELD_ELEVATION_RANGE_DEG``), azimuths evenly spaced per loop and jittered, each loop starting elsewhere;
+    the distance, the look-at point (around ``centre``) and the roll vary per view. A view that would cut off any
+    of the object's ``points`` (n, 3) is drawn again.
+
+    Example:
+        >>> poses = handheld_training_poses(np.random.default_rng(0), 50, np.zeros(3), corners)
+    """
+    loops = np.array_split(np.arange(views), min(len(HANDHELD_ELEVATION_BANDS_DEG), max(1, views)))
+    poses = np.empty((views, 4, 4))
+    for band, members in zip(HANDHELD_ELEVATION_BANDS_DEG, loops):
+        if len(members) == 0:
+            continue
+        step = 360.0 / len(members)
+        start = rng.uniform(0.0, 360.0)
+        for position, view in enumerate(members):
+            azimuth = start + step * (position + rng.uniform(-HANDHELD_AZIMUTH_JITTER, HANDHELD_AZIMUTH_JITTER))
+            elevation = float(np.clip(rng.normal(band, HANDHELD_ELEVATION_JITTER_DEG), *HANDHELD_ELEVATION_RANGE_DEG))
+            poses[view] = _framed_pose(rng, azimuth % 360.0, elevation, centre, points)
+    return poses
+
+
+def random_handheld_pose(rng: np.random.Generator, centre: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A hand-held test pose: like :func:`handheld_training_poses` but with azimuth and elevation drawn uniformly
+    (360 degrees, ``HANDHELD_ELEVATION_RANGE_DEG``); redrawn until the object's ``points`` are all in frame."""
+    for _ in range(MAX_POSE_DRAWS):
+        azimuth = rng.uniform(0.0, 360.0)
+        elevation = rng.uniform(*HANDHELD_ELEVATION_RANGE_DEG)
+        c2w = _jittered_pose(rng, azimuth, elevation, centre)
+        if in_frame(points, c2w):
+            return c2w
+    raise RuntimeError(f"no hand-held pose frames the object in {MAX_POSE_DRAWS} draws; is it larger than radius 1.1?")
+
+
+def _jittered_pose(rng: np.random.Generator, azimuth: float, elevation: float, centre: np.ndarray) -> np.ndarray:
+    distance = rng.uniform(*HANDHELD_DISTANCE_RANGE)
+    target = np.asarray(centre, dtype=np.float64) + rng.uniform(-HANDHELD_LOOK_AT_JITTER, HANDHELD_LOOK_AT_JITTER, 3)
+    roll = rng.uniform(-HANDHELD_ROLL_MAX_DEG, HANDHELD_ROLL_MAX_DEG)
+    return handheld_pose(azimuth, elevation, distance, target, roll)
+
+
+def _framed_pose(
+    rng: np.random.Generator, azimuth: float, elevation: float, centre: np.ndarray, points: np.ndarray
+) -> np.ndarray:
+    """A pose in the given direction whose distance, look-at point and roll are drawn until the object is in frame."""
+    for _ in range(MAX_POSE_DRAWS):
+        c2w = _jittered_pose(rng, azimuth, elevation, centre)
+        if in_frame(points, c2w):
+            return c2w
+    raise RuntimeError(f"no hand-held pose frames the object in {MAX_POSE_DRAWS} draws; is it larger than radius 1.1?")
 
 
 def project_points(
