@@ -5,7 +5,8 @@ hit per sample is then shaded (Lambertian, two fixed world-space lights plus amb
 optionally Blinn-Phong gloss and cast shadows, see :class:`Shading`) and the samples of each pixel are averaged for
 anti-aliasing. Shadows come from one shadow map per light, traced by the same ray caster from a distant, narrow
 camera looking along the light (nearly orthographic); as the lights are fixed in the world, a scene's maps serve
-every view of it and are cached by geometry. Everything is plain numpy and deterministic.
+every view of it and are cached by geometry. Samples that miss the scene show a white background or a
+:class:`~pad_nerfstudio.synth.backdrop.Backdrop` (table and wall). Everything is plain numpy and deterministic.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import dataclasses
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, focal_length, look_at, pixel_directions
+
+if TYPE_CHECKING:
+    from pad_nerfstudio.synth.backdrop import Backdrop
 
 NO_PART = -1
 """Part label of background samples."""
@@ -295,16 +300,28 @@ def shade(hits: Hits, albedo: np.ndarray | None = None, gloss: bool = False) -> 
     return np.clip(colour, 0.0, 1.0)
 
 
-def compose(hits: Hits, colours: np.ndarray, background: float = 1.0) -> np.ndarray:
-    """Average the hits' colours (M, C) and the background over each pixel's samples -> (size, size, C) image."""
+def compose(hits: Hits, colours: np.ndarray, background: float | np.ndarray = 1.0) -> np.ndarray:
+    """Average the hits' colours (M, C) and the background over each pixel's samples -> (size, size, C) image.
+
+    ``background`` is what the samples that miss the scene see: one value for every channel, per-pixel colours
+    (size, size, C) such as :meth:`~pad_nerfstudio.synth.backdrop.Backdrop.background` gives, or per-sample colours
+    (N, C) (their values at hits are unused).
+    """
     colours = np.asarray(colours, dtype=np.float64).reshape(len(hits.index), -1)
+    if np.ndim(background) == 2:
+        samples = np.array(background, dtype=np.float64).reshape(len(hits.primitive), -1)
+        samples[hits.index] = colours
+        return resolve(samples, hits.size, hits.supersample)
+    if np.ndim(background) == 3:
+        background = np.asarray(background, dtype=np.float64).reshape(hits.size * hits.size, -1)
     samples = hits.size * hits.supersample
     row, column = np.divmod(hits.index, samples)
     pixel = (row // hits.supersample) * hits.size + column // hits.supersample
     per_pixel = hits.supersample * hits.supersample
     count = np.bincount(pixel, minlength=hits.size * hits.size)
     channels = [
-        np.bincount(pixel, weights=colours[:, k], minlength=hits.size * hits.size) + (per_pixel - count) * background
+        np.bincount(pixel, weights=colours[:, k], minlength=hits.size * hits.size)
+        + (per_pixel - count) * (background if np.ndim(background) == 0 else background[:, k])
         for k in range(colours.shape[1])
     ]
     return (np.stack(channels, axis=1) / per_pixel).reshape(hits.size, hits.size, colours.shape[1])
@@ -324,10 +341,32 @@ def render(
     supersample: int = 3,
     camera_angle_x: float = CAMERA_ANGLE_X,
     shading: Shading = LAMBERTIAN,
+    backdrop: Backdrop | None = None,
 ) -> np.ndarray:
-    """Anti-aliased RGB image (size, size, 3) in [0, 1] of ``scene`` seen from camera-to-world pose ``c2w``."""
-    hits = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shading.shadow_maps(scene))
-    return compose(hits, shade(hits, gloss=shading.gloss))
+    """Anti-aliased RGB image (size, size, 3) in [0, 1] of ``scene`` seen from camera-to-world pose ``c2w``.
+
+    The background is white, or ``backdrop`` (which receives the scene's shadows when ``shading`` has them).
+    """
+    shadows = shading.shadow_maps(scene)
+    hits = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shadows)
+    return compose(
+        hits, shade(hits, gloss=shading.gloss), background_for(hits, c2w, camera_angle_x, backdrop, scene, shadows)
+    )
+
+
+def background_for(
+    hits: Hits,
+    c2w: np.ndarray,
+    camera_angle_x: float,
+    backdrop: Backdrop | None,
+    scene: Scene,
+    shadows: ShadowMaps | None,
+) -> float | np.ndarray:
+    """The ``background`` argument of :func:`compose` for a view of ``scene``: white without ``backdrop``, else the
+    backdrop's per-sample colours, with the scene's cast and contact shadows when it was traced with ``shadows``."""
+    if backdrop is None:
+        return 1.0
+    return backdrop.background(hits, c2w, camera_angle_x, shadows, scene if shadows is not None else None)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
