@@ -9,20 +9,37 @@ removed brick no longer casts changes pixels outside the mask, as it would on a 
 when at least half of its samples are defective, or when any of its samples is touched by the defect and the
 pixel's colour changed by more than ``VISIBLE_CHANGE``: every visibly changed pixel of the defect itself is in the
 mask, faint anti-aliased fringes are not. A draw is kept only if the mask is large enough and mostly visibly
-changed in the noise-free render; otherwise a new pose and defect are drawn.
+changed in the noise-free render; otherwise a new pose and defect are drawn. With a
+:class:`~pad_nerfstudio.synth.backdrop.Backdrop`, the image and its reference show the table and wall behind the
+object; the fringe test is made on white, so the backdrop never enters a mask.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, random_test_pose
 from pad_nerfstudio.synth.objects import BrickObject
-from pad_nerfstudio.synth.raycast import LAMBERTIAN, Hits, Shading, ShadowMaps, compose, resolve, shade, trace
+from pad_nerfstudio.synth.raycast import (
+    LAMBERTIAN,
+    Hits,
+    Shading,
+    ShadowMaps,
+    background_for,
+    compose,
+    resolve,
+    shade,
+    trace,
+)
+
+if TYPE_CHECKING:
+    from pad_nerfstudio.synth.backdrop import Backdrop
 
 DEFECT_TYPES = ("Burrs", "Missing", "Stains")
 """Folder names of the defect types, as in MAD."""
@@ -80,10 +97,14 @@ def render_defect(
     supersample: int = 3,
     camera_angle_x: float = CAMERA_ANGLE_X,
     shading: Shading = LAMBERTIAN,
+    backdrop: Backdrop | None = None,
+    floor: float | None = None,
 ) -> DefectView | None:
     """Draw one defect of ``kind`` visible from ``c2w`` and render it; None when this view offers no place for it.
 
-    ``shading`` applies to the image and its reference alike; it changes neither the draws nor the mask.
+    ``shading`` and ``backdrop`` (the table and wall behind the object, with the defective object's shadows on it in
+    the image and the intact one's in the reference) apply to the image and its reference alike; they change neither
+    the draws nor the mask. ``floor`` is the height of the table the object stands on: burrs are cut off below it.
 
     Example:
         >>> view = render_defect("Stains", build_brick_animal("01Gorilla"), c2w, 200, np.random.default_rng(0))
@@ -94,21 +115,27 @@ def render_defect(
     shadows = shading.shadow_maps(scene)
     clean = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shadows)
     if kind == "Burrs":
-        result = _burrs(scene, clean, shadows, c2w, size, rng, supersample, camera_angle_x)
+        result = _burrs(scene, clean, shadows, c2w, size, rng, supersample, camera_angle_x, floor)
     elif kind == "Missing":
         result = _missing(obj, clean, shadows, c2w, size, rng, supersample, camera_angle_x)
     else:
-        result = _stains(clean, rng)
+        result = _stains(scene, clean, shadows, rng)
     if result is None:
         return None
-    hits, albedo, defective, touched = result
-    image = compose(hits, shade(hits, albedo, gloss=shading.gloss))
-    reference = compose(clean, shade(clean, gloss=shading.gloss))
-    if shading == LAMBERTIAN:
+    hits, albedo, defective, touched, defective_scene, defective_shadows = result
+    image = compose(
+        hits,
+        shade(hits, albedo, gloss=shading.gloss),
+        background_for(hits, c2w, camera_angle_x, backdrop, defective_scene, defective_shadows),
+    )
+    reference = compose(
+        clean, shade(clean, gloss=shading.gloss), background_for(clean, c2w, camera_angle_x, backdrop, scene, shadows)
+    )
+    if shading == LAMBERTIAN and backdrop is None:
         plain_image, plain_reference = image, reference
     else:
-        # Judged under the plain light model, the fringe (and so the mask) is the same in every capture style,
-        # and a change of shadow or highlight alone never enters it.
+        # Judged under the plain light model on white, the fringe (and so the mask) is the same in every capture
+        # style, and a change of shadow, highlight or backdrop alone never enters it.
         plain_image = compose(hits, shade(dataclasses.replace(hits, lit=None), albedo))
         plain_reference = compose(clean, shade(dataclasses.replace(clean, lit=None)))
     changed = np.abs(plain_image - plain_reference).max(axis=-1) > VISIBLE_CHANGE
@@ -135,14 +162,18 @@ def sample_defect_view(
     supersample: int = 3,
     camera_angle_x: float = CAMERA_ANGLE_X,
     shading: Shading = LAMBERTIAN,
+    backdrop: Backdrop | None = None,
+    floor: float | None = None,
+    pose_sampler: Callable[[np.random.Generator], np.ndarray] = random_test_pose,
 ) -> tuple[np.ndarray, DefectView]:
-    """Draw random test poses and defects until one is acceptable; returns (camera-to-world, view).
+    """Draw test poses (from ``pose_sampler``) and defects until one is acceptable; returns (camera-to-world, view).
 
-    The draws do not depend on ``shading`` except through acceptance, which is judged on the shaded renders.
+    The draws do not depend on ``shading`` or ``backdrop`` except through acceptance, which is judged on the shaded
+    renders. ``backdrop`` and ``floor`` are passed on to :func:`render_defect`.
     """
     for _ in range(MAX_ATTEMPTS):
-        c2w = random_test_pose(rng)
-        view = render_defect(kind, obj, c2w, size, rng, supersample, camera_angle_x, shading)
+        c2w = pose_sampler(rng)
+        view = render_defect(kind, obj, c2w, size, rng, supersample, camera_angle_x, shading, backdrop, floor)
         if view is not None and is_acceptable(view, size):
             return c2w, view
     raise RuntimeError(
@@ -160,8 +191,9 @@ def _facing_samples(hits: Hits, min_cosine: float = 0.35) -> np.ndarray:
     return candidates[cosine > min_cosine]
 
 
-def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x):
-    """Like the other defect helpers: (hits, albedo override or None, defective samples, touched samples) or None."""
+def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x, floor):
+    """Like the other defect helpers: (hits, albedo override or None, defective samples, touched samples, defective
+    scene, its shadow maps) or None."""
     candidates = _facing_samples(clean)
     if len(candidates) == 0:
         return None
@@ -182,6 +214,13 @@ def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, super
             centre = point[tangent] + (rng.uniform(-0.6, 0.6) * half if k else 0.0)
             extent = rng.uniform(0.35, 1.0) * half
             lo[k, tangent], hi[k, tangent] = centre - extent, centre + extent
+    if floor is not None:
+        # Plastic cannot grow into the table the object stands on.
+        lo[:, 2] = np.maximum(lo[:, 2], floor)
+        above = hi[:, 2] > lo[:, 2]
+        lo, hi, count = lo[above], hi[above], int(above.sum())
+        if count == 0:
+            return None
     albedo = clean.albedo[sample]
     # Excess plastic of the same brick, a shade lighter or darker so it reads as a flaw and not as a stud.
     tint = albedo * 0.62 if albedo.mean() > 0.5 else albedo + (1.0 - albedo) * 0.4
@@ -190,7 +229,7 @@ def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, super
         shadows = shadows.with_boxes(lo, hi, np.full(count, BURR_PART))
     hits = trace(burred, c2w, size, supersample, camera_angle_x, shadows=shadows)
     burr = hits.part == BURR_PART
-    return hits, None, burr, burr
+    return hits, None, burr, burr, burred, shadows
 
 
 def _missing(obj: BrickObject, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x):
@@ -214,10 +253,10 @@ def _missing(obj: BrickObject, clean: Hits, shadows: ShadowMaps | None, c2w, siz
     # Geometry, not colour: shadows that the brick cast elsewhere change colours there, but are not the defect.
     uncovered = (hits.part != clean.part) | ~np.isclose(hits.depth, clean.depth, rtol=0.0, atol=1e-9)
     defective = (clean.part == removed) | uncovered
-    return hits, None, defective, defective
+    return hits, None, defective, defective, scene, shadows
 
 
-def _stains(clean: Hits, rng):
+def _stains(scene, clean: Hits, shadows: ShadowMaps | None, rng):
     candidates = _facing_samples(clean)
     if len(candidates) == 0:
         return None
@@ -244,4 +283,4 @@ def _stains(clean: Hits, rng):
     stained[object_samples] = weight >= 0.5
     touched = np.zeros(len(clean.index), dtype=bool)
     touched[object_samples] = weight > 0.0
-    return clean, albedo, clean.scatter(stained, fill=False), clean.scatter(touched, fill=False)
+    return clean, albedo, clean.scatter(stained, fill=False), clean.scatter(touched, fill=False), scene, shadows
