@@ -1,6 +1,7 @@
 """Tests of the procedural MAD-format generator (pad_nerfstudio.synth): layout, determinism, mask accuracy,
-camera geometry, the safety of class-folder writes and the capture styles (each effect on its own, masks that
-ignore shadows, the CLI switches). Tiny images keep the whole file fast."""
+camera geometry, the safety of class-folder writes, the capture styles (each effect on its own, masks that
+ignore shadows, the CLI switches) and hand-held captures (layout, backdrop, true masks and poses). Tiny images keep
+the whole file fast."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from pad_nerfstudio.synth import (
 )
 from pad_nerfstudio.synth import cli as cli_module
 from pad_nerfstudio.synth import generate as generate_module
-from pad_nerfstudio.synth.cameras import look_at, random_test_pose, spherical_position
+from pad_nerfstudio.synth.backdrop import ground_height, object_centre, object_corners
+from pad_nerfstudio.synth.cameras import in_frame, look_at, random_handheld_pose, random_test_pose, spherical_position
 from pad_nerfstudio.synth.cli import main as cli_main
 from pad_nerfstudio.synth.defects import render_defect
-from pad_nerfstudio.synth.generate import InvalidOptionError
+from pad_nerfstudio.synth.generate import InvalidOptionError, class_backdrop, handheld_poses
 from pad_nerfstudio.synth.objects import build_brick_animal
 from pad_nerfstudio.synth.raycast import (
     LAMBERTIAN,
@@ -523,3 +525,216 @@ def test_capture_style_options(tmp_path: Path, monkeypatch, capsys):
     assert received["style"] == REAL.without(["blur", "noise"])
     assert cli_main(["--out", str(tmp_path)]) == 0
     assert received["style"].is_clean
+
+
+# Hand-held captures (--capture handheld).
+
+HANDHELD_SIZE = 64
+HANDHELD_VIEWS = 6
+HANDHELD_SUPERSAMPLE = 2
+
+
+def _generate_handheld(out: Path, workers: int = 1, **options) -> Path:
+    settings = dict(n_test_good=N_GOOD, n_test_defect=2, supersample=HANDHELD_SUPERSAMPLE, views=HANDHELD_VIEWS)
+    generate_dataset(
+        out,
+        classes=["gorilla"],
+        size=HANDHELD_SIZE,
+        workers=workers,
+        progress=False,
+        capture="handheld",
+        **{**settings, **options},
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def handheld_dataset(tmp_path_factory) -> Path:
+    return _generate_handheld(tmp_path_factory.mktemp("synth-handheld"))
+
+
+def _eroded(mask: np.ndarray, steps: int = 1) -> np.ndarray:
+    return ~_dilate(~mask, steps)
+
+
+def test_handheld_layout(handheld_dataset: Path):
+    root = handheld_dataset / CLASS
+    assert not (root / "transforms.json").exists()  # structure-from-motion must find the poses
+    truth = json.loads((root / "truth" / "transforms.json").read_text())
+    assert truth["camera_angle_x"] == pytest.approx(0.6911)
+    assert [frame["file_path"] for frame in truth["frames"]] == [f"train/good/{i}.png" for i in range(HANDHELD_VIEWS)]
+    for index, frame in enumerate(truth["frames"]):
+        assert np.asarray(frame["transform_matrix"]).shape == (4, 4)
+        image = Image.open(root / frame["file_path"])
+        assert image.mode == "RGB" and image.size == (HANDHELD_SIZE, HANDHELD_SIZE)
+        mask = Image.open(root / "truth" / "train_masks" / f"{index}.png")
+        assert mask.mode == "L" and mask.size == (HANDHELD_SIZE, HANDHELD_SIZE)
+        assert set(np.unique(np.asarray(mask))) == {0, 255}
+    assert len(list((root / "train" / "good").iterdir())) == HANDHELD_VIEWS
+    assert len(list((root / "truth" / "train_masks").iterdir())) == HANDHELD_VIEWS
+    test_poses = json.loads((root / "test_poses.json").read_text())
+    expected = [f"test/good/{i}.png" for i in range(N_GOOD)] + [
+        f"test/{k}/{i}.png" for k in DEFECT_TYPES for i in (0, 1)
+    ]
+    assert sorted(test_poses) == sorted(expected)
+    for kind in DEFECT_TYPES:
+        assert sorted(p.name for p in (root / "ground_truth" / kind).iterdir()) == ["0_mask.png", "1_mask.png"]
+    attributes = json.loads((handheld_dataset / "attributes.json").read_text())[CLASS]
+    assert attributes["capture"] == {"kind": "handheld", "views": HANDHELD_VIEWS}
+
+
+def test_handheld_is_deterministic_across_runs_and_workers(handheld_dataset: Path, tmp_path: Path):
+    assert _files(_generate_handheld(tmp_path, workers=2)) == _files(handheld_dataset)
+
+
+def test_object_stands_on_the_table(gorilla):
+    scene = gorilla.scene()
+    backdrop = class_backdrop("gorilla", 0)
+    lowest = min(scene.box_lo[:, 2].min(), scene.cylinder_z[:, 0].min())
+    assert backdrop.ground_z == ground_height(scene) == lowest
+    assert lowest < -0.2  # the object is centred on the origin, so the table is well below it
+    # A ray straight down next to the object meets the table; one up and away from it meets the wall or ceiling.
+    colours = backdrop.colours(np.array([2.0, 0.0, 1.0]), np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.2]]))
+    assert colours.shape == (2, 3) and not np.array_equal(colours[0], colours[1])
+
+
+def test_backdrop_is_textured_and_the_masks_are_the_object(handheld_dataset: Path, gorilla):
+    root = handheld_dataset / CLASS
+    frames = json.loads((root / "truth" / "transforms.json").read_text())["frames"]
+    for index, frame in enumerate(frames):
+        image = np.asarray(Image.open(root / frame["file_path"])).astype(float)
+        mask = np.asarray(Image.open(root / "truth" / "train_masks" / f"{index}.png")) == 255
+        c2w = np.asarray(frame["transform_matrix"])
+        # Exactly the object's coverage of the pixels, from geometry.
+        hits = trace(gorilla.scene(), c2w, HANDHELD_SIZE, HANDHELD_SUPERSAMPLE)
+        assert np.array_equal(mask, resolve(hits.hit, HANDHELD_SIZE, HANDHELD_SUPERSAMPLE) >= 0.5), index
+        # ... which is what a render on white shows, up to the anti-aliased outline.
+        on_white = render(gorilla.scene(), c2w, HANDHELD_SIZE, HANDHELD_SUPERSAMPLE)
+        covered = (on_white < 0.999).any(axis=-1)
+        assert not ((covered ^ mask) & ~(_dilate(mask) & ~_eroded(mask))).any(), index
+        assert 0.03 < mask.mean() < 0.6, index  # the object is in the picture, and so is the backdrop
+        # The backdrop: not white, textured, never saturated.
+        backdrop = image[~_dilate(mask, 2)]
+        luminance = backdrop @ np.array([0.2126, 0.7152, 0.0722])
+        assert (backdrop.min(axis=-1) < 250).mean() > 0.95, index
+        assert luminance.std() > 8.0, index
+        assert (backdrop == 255).all(axis=-1).mean() < 0.2, index  # a little ceiling at most
+        # Texture at the scale of a few pixels, not only a gradient across the frame.
+        grey = image @ np.array([0.2126, 0.7152, 0.0722])
+        detail = np.abs(grey[1:-1, 1:-1] - 0.25 * (grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]))
+        assert np.median(detail[~_dilate(mask, 2)[1:-1, 1:-1]]) > 1.5, index
+
+
+def test_handheld_test_images_are_references_on_the_table_or_masked_defects(handheld_dataset: Path):
+    root = handheld_dataset / CLASS
+    test_poses = json.loads((root / "test_poses.json").read_text())
+    for relative, pose in test_poses.items():
+        image = np.asarray(Image.open(root / relative)).astype(int)
+        reference = render_clean_view(
+            CLASS, 0, np.asarray(pose), HANDHELD_SIZE, HANDHELD_SUPERSAMPLE, capture="handheld"
+        ).astype(int)
+        if "/good/" in relative:
+            assert np.array_equal(image, reference), relative
+            continue
+        kind, name = relative.split("/")[1:]
+        mask = np.asarray(Image.open(root / "ground_truth" / kind / name.replace(".png", "_mask.png"))) > 0
+        changed = np.abs(image - reference).max(axis=-1) > 40
+        assert mask.sum() >= 4 and changed.any(), relative
+        assert not (changed & ~_dilate(mask)).any(), f"{relative}: change outside the mask"
+    assert not np.array_equal(
+        render_clean_view(CLASS, 0, np.asarray(test_poses["test/good/0.png"]), HANDHELD_SIZE, 1, capture="handheld"),
+        render_clean_view(CLASS, 0, np.asarray(test_poses["test/good/0.png"]), HANDHELD_SIZE, 1),
+    )
+
+
+@pytest.mark.parametrize("kind", DEFECT_TYPES)
+def test_defect_masks_do_not_depend_on_the_backdrop(gorilla, kind):
+    """Same pose and defect draw with and without the table and wall behind: the same mask (the backdrop, its
+    shadows included, changes only the image)."""
+    table = class_backdrop("gorilla", 0)
+    scene = gorilla.scene()
+    rendered = 0
+    for seed in range(4):
+        c2w = random_handheld_pose(np.random.default_rng(seed), object_centre(scene), object_corners(scene))
+        on_table, on_white = (
+            render_defect(
+                kind, gorilla, c2w, 64, np.random.default_rng(100 + seed), 2, shading=REAL.shading, backdrop=backdrop,
+                floor=table.ground_z,
+            )
+            for backdrop in (table, None)
+        )  # fmt: skip
+        assert (on_table is None) == (on_white is None)
+        if on_table is None:
+            continue
+        rendered += 1
+        assert np.array_equal(on_table.mask, on_white.mask), seed
+        outside = ~_dilate((on_white.reference < 0.999).any(axis=-1) | on_table.mask, 3)
+        assert (on_white.reference[outside] == 1.0).all() and (on_table.reference[outside] < 0.97).mean() > 0.9
+    assert rendered >= 2
+
+
+def test_handheld_poses_stay_in_their_ranges(gorilla):
+    scene = gorilla.scene()
+    centre, corners, ground = object_centre(scene), object_corners(scene), ground_height(scene)
+    rng = np.random.default_rng(0)
+    poses = {
+        "train": handheld_poses("gorilla", 0, 50),
+        "test": np.stack([random_handheld_pose(rng, centre, corners) for _ in range(50)]),
+    }
+    jitter = 0.1 * np.sqrt(3.0)  # the look-at point is within 0.1 of the centre per axis
+    for name, stack in poses.items():
+        assert len(stack) == 50
+        elevations, azimuths = [], []
+        for c2w in stack:
+            eye, backwards = c2w[:3, 3], c2w[:3, 2]
+            elevation = np.degrees(np.arcsin(backwards[2]))  # the optical axis's elevation, unaffected by roll
+            along = (eye - centre) @ backwards  # distance to the point of the axis nearest the centre
+            assert 12.0 - 1e-9 <= elevation <= 65.0 + 1e-9, name
+            assert 3.3 - jitter <= along <= 4.7 + jitter, name
+            assert np.linalg.norm(eye - along * backwards - centre) <= jitter + 1e-9, name
+            roll = np.degrees(np.arcsin(c2w[2, 0] / np.cos(np.radians(elevation))))
+            assert abs(roll) <= 6.0 + 1e-6, name
+            assert in_frame(corners, c2w), name
+            assert eye[2] > ground + 0.5 and np.linalg.norm(eye[:2]) < 6.0, name  # above the table, inside the wall
+            elevations.append(elevation)
+            azimuths.append(np.degrees(np.arctan2(backwards[1], backwards[0])) % 360.0)
+        gaps = np.diff(np.sort(np.concatenate([azimuths, [min(azimuths) + 360.0]])))
+        assert gaps.max() < 45.0 and np.std(elevations) > 8.0, name  # all the way round, at several heights
+        rolls = [np.degrees(np.arcsin(c2w[2, 0] / np.cos(np.arcsin(c2w[2, 2])))) for c2w in stack]
+        assert np.ptp(rolls) > 6.0, name
+    assert np.array_equal(poses["train"], handheld_poses("gorilla", 0, 50))
+
+
+def test_handheld_real_style_keeps_poses_and_masks(handheld_dataset: Path, tmp_path: Path):
+    _generate_handheld(tmp_path, n_test_good=1, n_test_defect=0, style="real")
+    clean_root, real_root = handheld_dataset / CLASS, tmp_path / CLASS
+    truth = Path("truth") / "transforms.json"
+    assert (real_root / truth).read_bytes() == (clean_root / truth).read_bytes()
+    for index in range(HANDHELD_VIEWS):
+        mask = Path("truth") / "train_masks" / f"{index}.png"
+        assert (real_root / mask).read_bytes() == (clean_root / mask).read_bytes()
+        image = Path("train") / "good" / f"{index}.png"
+        assert (real_root / image).read_bytes() != (clean_root / image).read_bytes()
+    attributes = json.loads((tmp_path / "attributes.json").read_text())[CLASS]
+    assert attributes["capture"] == {**REAL.as_dict(), "kind": "handheld", "views": HANDHELD_VIEWS}
+
+
+def test_capture_options(tmp_path: Path, monkeypatch, capsys):
+    assert cli_main(["--out", str(tmp_path), "--views", "20"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "pad-synth: error: --views applies to --capture handheld only (the ring grid has 210 views)"
+    ]
+    with pytest.raises(InvalidOptionError, match="--capture"):
+        generate_dataset(tmp_path, classes=1, capture="drone", progress=False)
+    with pytest.raises(InvalidOptionError, match="--views"):
+        generate_dataset(tmp_path, classes=1, capture="handheld", views=0, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+    received = {}
+    monkeypatch.setattr(cli_module, "generate_dataset", lambda out, **options: received.update(options))
+    assert cli_main(["--out", str(tmp_path), "--capture", "handheld", "--style", "real"]) == 0
+    assert received["capture"] == "handheld" and received["views"] == 50 and received["style"] == REAL
+    assert cli_main(["--out", str(tmp_path), "--capture", "handheld", "--views", "12"]) == 0
+    assert received["views"] == 12
+    assert cli_main(["--out", str(tmp_path)]) == 0
+    assert received["capture"] == "ring"

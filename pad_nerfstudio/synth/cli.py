@@ -2,7 +2,8 @@
 :func:`pad_nerfstudio.synth.generate.generate_dataset` and turns the errors a user can cause (existing folders,
 unknown class names or capture effects, bad sizes) into one-line messages instead of tracebacks. ``--style real``
 renders like a camera would capture the toy (gloss, shadows, exposure, white balance, blur, noise); ``--without``
-switches single effects off for ablations.
+switches single effects off for ablations. ``--capture handheld`` takes ``--views`` unposed MAD-Real-like views of
+the toy standing on a textured table instead of the posed ring grid on white.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 
 from pad_nerfstudio.synth.capture import EFFECTS, STYLES
 from pad_nerfstudio.synth.generate import (
+    CAPTURES,
     CLASS_NAMES,
     DEFAULT_SUPERSAMPLE,
+    DEFAULT_VIEWS,
     MIN_SIZE,
     InvalidOptionError,
     generate_dataset,
@@ -28,8 +31,9 @@ from pad_nerfstudio.synth.generate import (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pad-synth",
-        description="Generate a MAD-Sim-format dataset of procedural LEGO-like brick animals "
-        "(training views with poses, good and defective test views, ground-truth masks).",
+        description="Generate a MAD-format dataset of procedural LEGO-like brick animals (training views, good and "
+        "defective test views, ground-truth masks): posed MAD-Sim-like renders on white by default, unposed "
+        "MAD-Real-like hand-held views with --capture handheld.",
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset root; one folder per class is created in it")
     parser.add_argument(
@@ -60,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"comma-separated capture effects to switch off, for ablations (from: {', '.join(EFFECTS)})",
     )
+    parser.add_argument(
+        "--capture",
+        choices=CAPTURES,
+        default="ring",
+        help="camera set-up: ring (MAD-Sim: 210 posed views on a 14 x 15 grid, white background; the default) or "
+        "handheld (MAD-Real-like: --views unposed views around the object standing on a textured table with a wall "
+        "behind, test views likewise; no transforms.json, the true poses and training masks are in truth/). "
+        "Combines with --style real",
+    )
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        help=f"training views of a --capture handheld class (default {DEFAULT_VIEWS}); not allowed with ring, whose "
+        "grid is fixed",
+    )
     return parser
 
 
@@ -67,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         style = resolve_capture_style(args.style, args.without)
+        if args.views is not None and args.capture != "handheld":
+            raise InvalidOptionError("--views applies to --capture handheld only (the ring grid has 210 views)")
     except InvalidOptionError as error:
         print(f"pad-synth: error: {error}", file=sys.stderr)
         return 2
@@ -86,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             supersample=args.supersample,
             style=style,
+            capture=args.capture,
+            views=DEFAULT_VIEWS if args.views is None else args.views,
         )
     except (FileExistsError, InvalidOptionError) as error:
         print(f"pad-synth: error: {error}", file=sys.stderr)

@@ -1,8 +1,16 @@
-"""Writes MAD-Sim-format classes of procedural brick animals: per class the 210 training views with
-``transforms.json``, good and defective test views, binary ground-truth masks and (beyond MAD) ``test_poses.json``;
-plus ``attributes.json`` at the dataset root. Each class is rendered into a hidden temporary sibling folder and
-renamed into place only when complete, so an interrupted run never leaves a half-written class. Every image depends
+"""Writes MAD-format classes of procedural brick animals: per class the training views with ``transforms.json``,
+good and defective test views, binary ground-truth masks and (beyond MAD) ``test_poses.json``; plus
+``attributes.json`` at the dataset root. Each class is rendered into a hidden temporary sibling folder and renamed
+into place only when complete, so an interrupted run never leaves a half-written class. Every image depends
 only on (seed, class, image, capture style), so results are byte-identical whatever the number of worker processes.
+
+The capture (``--capture``) decides the cameras. ``ring`` is MAD-Sim's: 210 views on the 14 x 15 grid around the
+object on white, posed in ``transforms.json``. ``handheld`` is MAD-Real-like: ``--views`` (default 50) irregular
+views from above, around the object standing on a textured table with a wall behind
+(:class:`~pad_nerfstudio.synth.backdrop.Backdrop`, per class :func:`class_backdrop`), and test views drawn alike.
+There is no ``transforms.json``: finding the poses is part of the task. ``truth/transforms.json`` holds the true
+training poses (copy it to ``transforms.json`` for a posed class) and ``truth/train_masks/{i}.png`` the exact object
+masks of the training views (pixels at least half covered by the object); ``test_poses.json`` shares their frame.
 
 The capture style (:class:`~pad_nerfstudio.synth.capture.CaptureStyle`, ``--style`` / ``--without``) decides how
 real the images look. Its shading part (gloss, shadows) is applied to every render, including the defect-free
@@ -23,7 +31,7 @@ Attributes per class (``attributes.json``; the PAD paper relates per-class resul
 - ``num_bricks``, ``num_colours``, ``body_plan``, ``object_area_fraction`` (mean fraction of the image the object
   covers in training views) and ``seed`` (the global seed: ``build_brick_animal(name, seed)`` rebuilds the object).
 - ``capture``: the capture style's settings (``CaptureStyle.as_dict()``); absent for the clean style, whose output
-  is unchanged from before styles existed.
+  is unchanged from before styles existed. A hand-held capture adds ``"kind": "handheld"`` and ``"views"`` to it.
 
 ``luminance_std`` is measured on the shaded renders before the per-image effects, so gloss and shadows count in it.
 """
@@ -41,17 +49,24 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, random_test_pose, training_poses
+from pad_nerfstudio.synth.backdrop import Backdrop, object_centre, object_corners
+from pad_nerfstudio.synth.cameras import (
+    CAMERA_ANGLE_X,
+    handheld_training_poses,
+    random_handheld_pose,
+    random_test_pose,
+    training_poses,
+)
 from pad_nerfstudio.synth.capture import CaptureStyle
 from pad_nerfstudio.synth.defects import DEFECT_TYPES, sample_defect_view
 from pad_nerfstudio.synth.objects import PLATE_HEIGHT, ROUND_RADIUS, BrickObject, build_brick_animal, class_seed
-from pad_nerfstudio.synth.raycast import compose, render, resolve, shade, to_uint8, trace
+from pad_nerfstudio.synth.raycast import background_for, compose, render, resolve, shade, to_uint8, trace
 
 CLASS_NAMES = (
     "01Gorilla", "02Unicorn", "03Mallard", "04Turtle", "05Whale", "06Bird", "07Owl", "08Sabertooth", "09Swan",
@@ -63,10 +78,22 @@ CLASS_NAMES = (
 MIN_SIZE = 32
 """Below this, defects cannot be both small and above the minimum mask size."""
 DEFAULT_SUPERSAMPLE = 3
+CAPTURES = ("ring", "handheld")
+"""Camera set-ups (``--capture``): MAD-Sim's posed ring grid on white, or MAD-Real-like hand-held views of the
+object standing on a textured table, without training poses (they are in ``truth/`` for checking)."""
+DEFAULT_VIEWS = 50
+"""Training views of a hand-held capture (MAD-Real has about 50 per class)."""
 ATTRIBUTES_FILE = "attributes.json"
+TRUTH_DIR = "truth"
+"""Folder of a hand-held class holding what structure-from-motion must recover: ``transforms.json`` (true training
+poses) and ``train_masks/{i}.png`` (exact object masks of the training views)."""
 _TASK_STREAMS = {"good": 1, **{kind: 2 + index for index, kind in enumerate(DEFECT_TYPES)}}
 _CAPTURE_STREAM = 100
 """Seeds the per-image capture effects apart from the pose and defect draws (which must not change with style)."""
+_HANDHELD_POSE_STREAM = 200
+"""Seeds the hand-held training poses (all views of a class from one stream, drawn in order)."""
+_BACKDROP_STREAM = 300
+"""Seeds the backdrop's materials and textures."""
 _CAPTURE_KINDS = {"train": 0, **_TASK_STREAMS}
 
 
@@ -140,12 +167,16 @@ def generate_dataset(
     supersample: int = DEFAULT_SUPERSAMPLE,
     progress: bool = True,
     style: str | CaptureStyle = "clean",
+    capture: str = "ring",
+    views: int = DEFAULT_VIEWS,
 ) -> list[Path]:
     """Generate MAD-Sim-format classes under ``out`` and return their folders.
 
     ``n_test_defect`` is per defect type. Existing non-empty class folders are refused unless ``force``.
     ``workers`` processes render in parallel (default: all CPUs, at most 8); the output does not depend on it.
     ``style`` is a capture style or its name ("clean", "real"; see :func:`resolve_capture_style`).
+    ``capture`` is "ring" (210 posed views on white) or "handheld" (``views`` unposed views with a backdrop, true
+    poses and masks in ``truth/``; ``views`` is ignored for "ring").
 
     Example:
         >>> generate_dataset("/tmp/mad_synth", classes=["gorilla"], size=64, n_test_good=2, n_test_defect=2)
@@ -158,6 +189,10 @@ def generate_dataset(
         raise InvalidOptionError("test image counts must not be negative")
     if supersample < 1:
         raise InvalidOptionError(f"supersample must be at least 1, got {supersample}")
+    if capture not in CAPTURES:
+        raise InvalidOptionError(f"--capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    if capture == "handheld" and views < 1:
+        raise InvalidOptionError(f"--views must be at least 1, got {views}")
     style = resolve_capture_style(style)
     out = Path(out)
     _check_out(out, force)
@@ -182,6 +217,8 @@ def generate_dataset(
                 style=style,
                 runner=runner,
                 bar=bar,
+                capture=capture,
+                views=views,
             )
             folders.append(folder)
             images += count
@@ -207,6 +244,8 @@ def _generate_class(
     style: CaptureStyle,
     runner: _TaskRunner,
     bar,
+    capture: str = "ring",
+    views: int = DEFAULT_VIEWS,
 ) -> tuple[Path, int]:
     """Render one class into a temporary sibling folder, move it to ``out / name`` and update attributes.json.
 
@@ -214,7 +253,8 @@ def _generate_class(
     """
     target = out / name
     _check_target(target, force)
-    tasks = [("train", index) for index in range(len(training_poses()))]
+    handheld = capture == "handheld"
+    tasks = [("train", index) for index in range(views if handheld else len(training_poses()))]
     tasks += [("good", index) for index in range(n_test_good)]
     tasks += [(kind, index) for kind in DEFECT_TYPES for index in range(n_test_defect)]
     temporary = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
@@ -224,9 +264,10 @@ def _generate_class(
             "test/good",
             *(f"test/{kind}" for kind in DEFECT_TYPES),
             *(f"ground_truth/{kind}" for kind in DEFECT_TYPES),
+            *([f"{TRUTH_DIR}/train_masks"] if handheld else []),
         ]:
             (temporary / sub).mkdir(parents=True)
-        job = _ClassJob(name, seed, size, supersample, CAMERA_ANGLE_X, str(temporary), style)
+        job = _ClassJob(name, seed, size, supersample, CAMERA_ANGLE_X, str(temporary), style, capture, views)
         task_id = bar.add_task(name, total=len(tasks)) if bar is not None else None
         train_stats, test_poses, frames = [], {}, []
         for (kind, index), result in zip(tasks, runner.map(job, tasks), strict=True):
@@ -237,11 +278,15 @@ def _generate_class(
                 test_poses[f"test/{kind}/{index}.png"] = result["pose"]
             if bar is not None:
                 bar.advance(task_id)
-        _write_json(temporary / "transforms.json", {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames})
+        # A hand-held capture has no poses: structure-from-motion must find them; the true ones are for checking.
+        transforms = temporary / TRUTH_DIR / "transforms.json" if handheld else temporary / "transforms.json"
+        _write_json(transforms, {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames})
         _write_json(temporary / "test_poses.json", test_poses)
         attributes = _attributes(_object(name, seed), train_stats, size, seed)
         if not style.is_clean:
             attributes["capture"] = style.as_dict()
+        if handheld:
+            attributes["capture"] = {**attributes.get("capture", {}), "kind": "handheld", "views": views}
         _move_into_place(temporary, target, force)
     except BaseException:
         runner.stop()
@@ -258,20 +303,45 @@ def render_clean_view(
     size: int,
     supersample: int = DEFAULT_SUPERSAMPLE,
     style: str | CaptureStyle = "clean",
+    capture: str = "ring",
 ) -> np.ndarray:
     """The defect-free object of class ``name`` seen from ``c2w``, exactly as the generator renders it (uint8 RGB).
 
     ``name`` is resolved like ``--classes`` ("gorilla" or "01Gorilla"); ``seed`` is the global seed of the dataset
     (stored per class in attributes.json). The render has the shading (gloss, shadows) of ``style`` but none of its
-    per-image effects: it is the exact reference, without exposure, white-balance, blur or noise draws.
+    per-image effects: it is the exact reference, without exposure, white-balance, blur or noise draws. With
+    ``capture="handheld"`` the object stands on its class's table (:func:`class_backdrop`), otherwise on white.
 
     Example:
         >>> poses = json.loads((class_dir / "test_poses.json").read_text())
         >>> reference = render_clean_view("01Gorilla", 0, np.array(poses["test/Burrs/0.png"]), 200)
     """
     (name,) = resolve_class_names([name])
+    if capture not in CAPTURES:
+        raise InvalidOptionError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
     shading = resolve_capture_style(style).shading
-    return to_uint8(render(_scene(name, seed), np.asarray(c2w, dtype=np.float64), size, supersample, shading=shading))
+    backdrop = _backdrop(name, seed) if capture == "handheld" else None
+    c2w = np.asarray(c2w, dtype=np.float64)
+    return to_uint8(render(_scene(name, seed), c2w, size, supersample, shading=shading, backdrop=backdrop))
+
+
+def class_backdrop(name: str, seed: int) -> Backdrop:
+    """The table and wall of class ``name`` in a hand-held capture of global ``seed`` (its ``ground_z`` is the table
+    top, the object's lowest point).
+
+    Example:
+        >>> backdrop = class_backdrop("gorilla", 0)
+        >>> image = render(scene, c2w, 200, backdrop=backdrop)
+    """
+    (name,) = resolve_class_names([name])
+    return _backdrop(name, seed)
+
+
+def handheld_poses(name: str, seed: int, views: int = DEFAULT_VIEWS) -> np.ndarray:
+    """The true training poses (views, 4, 4) of class ``name`` in a hand-held capture (what ``truth/transforms.json``
+    holds)."""
+    (name,) = resolve_class_names([name])
+    return _handheld_poses(name, seed, views).copy()
 
 
 @dataclass(frozen=True)
@@ -285,6 +355,8 @@ class _ClassJob:
     camera_angle_x: float
     directory: str
     style: CaptureStyle = CaptureStyle()
+    capture: str = "ring"
+    views: int = DEFAULT_VIEWS
 
 
 @lru_cache(maxsize=4)
@@ -300,6 +372,25 @@ def _scene(name: str, seed: int):
 @lru_cache(maxsize=1)
 def _training_poses() -> np.ndarray:
     return training_poses()
+
+
+@lru_cache(maxsize=4)
+def _framing(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and bounding points of the object, for aiming hand-held cameras and keeping it in frame."""
+    scene = _scene(name, seed)
+    return object_centre(scene), object_corners(scene)
+
+
+@lru_cache(maxsize=4)
+def _handheld_poses(name: str, seed: int, views: int) -> np.ndarray:
+    rng = np.random.default_rng([class_seed(seed, name), _HANDHELD_POSE_STREAM])
+    return handheld_training_poses(rng, views, *_framing(name, seed))
+
+
+@lru_cache(maxsize=4)
+def _backdrop(name: str, seed: int) -> Backdrop:
+    texture_seed = np.random.SeedSequence([class_seed(seed, name), _BACKDROP_STREAM]).generate_state(1)[0]
+    return Backdrop.around(_scene(name, seed), int(texture_seed))
 
 
 def _write_png(path: Path, pixels: np.ndarray, compress_level: int = 6) -> None:
@@ -320,21 +411,35 @@ def _render_task(job: _ClassJob, task: tuple[str, int]) -> dict:
     def write_image(path: Path, image: np.ndarray) -> None:
         _write_png(path, to_uint8(job.style.apply_photometric(image, capture_rng)), compress_level)
 
+    handheld = job.capture == "handheld"
+    backdrop = _backdrop(job.name, job.seed) if handheld else None
+    scene = _scene(job.name, job.seed)
     if kind == "train":
-        c2w = _training_poses()[index]
-        scene = _scene(job.name, job.seed)
-        hits = trace(scene, c2w, job.size, job.supersample, job.camera_angle_x, shadows=shading.shadow_maps(scene))
-        image = compose(hits, shade(hits, gloss=shading.gloss))
+        c2w = _handheld_poses(job.name, job.seed, job.views)[index] if handheld else _training_poses()[index]
+        shadows = shading.shadow_maps(scene)
+        hits = trace(scene, c2w, job.size, job.supersample, job.camera_angle_x, shadows=shadows)
+        background = background_for(hits, c2w, job.camera_angle_x, backdrop, scene, shadows)
+        image = compose(hits, shade(hits, gloss=shading.gloss), background)
         write_image(directory / "train" / "good" / f"{index}.png", image)
         silhouette = resolve(hits.hit, job.size, job.supersample) >= 0.5
+        if handheld:
+            _write_png(directory / TRUTH_DIR / "train_masks" / f"{index}.png", silhouette.astype(np.uint8) * 255)
         return {"pose": c2w.tolist(), **_silhouette_stats(silhouette, image)}
     rng = np.random.default_rng([class_seed(job.seed, job.name), _TASK_STREAMS[kind], index])
+    if handheld:
+        centre, corners = _framing(job.name, job.seed)
+        pose_sampler = partial(random_handheld_pose, centre=centre, points=corners)
+    else:
+        pose_sampler = random_test_pose
     if kind == "good":
-        c2w = random_test_pose(rng)
-        image = render(_scene(job.name, job.seed), c2w, job.size, job.supersample, job.camera_angle_x, shading)
+        c2w = pose_sampler(rng)
+        image = render(scene, c2w, job.size, job.supersample, job.camera_angle_x, shading, backdrop)
         write_image(directory / "test" / "good" / f"{index}.png", image)
         return {"pose": c2w.tolist()}
-    c2w, view = sample_defect_view(kind, obj, job.size, rng, job.supersample, job.camera_angle_x, shading)
+    floor = backdrop.ground_z if handheld else None
+    c2w, view = sample_defect_view(
+        kind, obj, job.size, rng, job.supersample, job.camera_angle_x, shading, backdrop, floor, pose_sampler
+    )
     write_image(directory / "test" / kind / f"{index}.png", view.image)
     _write_png(directory / "ground_truth" / kind / f"{index}_mask.png", view.mask.astype(np.uint8) * 255)
     return {"pose": c2w.tolist()}
