@@ -1,12 +1,13 @@
 """The surroundings of a hand-held capture (``pad-synth --capture handheld``): the table the object stands on and the
 wall around it, seen by every ray that misses the object. Both carry procedural textures defined in world
-coordinates (wood planks or a checked cloth on the table; panels and blotches on the wall), so all views see the same
-3D-consistent surfaces and structure-from-motion finds features on them, as on the backdrop of a real photograph.
-The table is a disc at the object's lowest point, shaded like the object (``LIGHTS`` with normal +z, plus ambient),
-under a lamp whose light falls off across it; with shadows on, it also receives the object's cast shadow (from the
-object's :class:`~pad_nerfstudio.synth.raycast.ShadowMaps`) and a soft contact shadow around its footprint. Beyond
-the table edge, rays meet a cylindrical wall around the z axis, darker below the table top and lighter upwards, and
-above the wall a plain ceiling. Plain numpy, vectorised over the samples, deterministic.
+coordinates (wood planks, or a checked, flecked cloth on the table; panels and blotches on the wall), so all views see
+the same 3D-consistent surfaces and structure-from-motion finds features on them, as on the backdrop of a real
+photograph. The table is a disc at the object's lowest point, shaded like the object (``LIGHTS`` with normal +z, plus
+ambient) under a lamp whose light falls off across it, with a soft contact shadow around the object's footprint
+(ambient occlusion); with shadows on, it also receives the object's cast shadow (from the object's
+:class:`~pad_nerfstudio.synth.raycast.ShadowMaps`). Beyond the table edge, rays meet a cylindrical wall around the
+z axis, darker below the table top and lighter upwards, and above the wall a plain ceiling. Plain numpy, vectorised
+over the samples, deterministic.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ high and the object is at most ~2.2 tall), so their shadow lookups are skipped."
 CONTACT_EXTENT = 1.7
 """Half-width of the square around the z axis on which contact shadows are computed."""
 CONTACT_TEXELS = 256
-CONTACT_SHADOW = ((0.06, 0.05, 0.5), (0.5, 0.2, 0.25))
+CONTACT_SHADOW = ((0.06, 0.04, 0.55), (0.4, 0.18, 0.3))
 """(height scale, blur radius, strength) of the sharp contact term and of the broad term under overhangs: geometry at
-height h above the table occludes exp(-h / scale) of the ambient light below it, blurred by a Gaussian of the radius."""
+height h above the table takes away strength * exp(-h / scale) of the light below it, blurred by a Gaussian of the
+radius."""
 TABLE_MATERIALS = ("wood", "cloth")
 
 _WOOD_COLOURS = np.array([[0.62, 0.45, 0.30], [0.55, 0.40, 0.28], [0.70, 0.56, 0.40], [0.48, 0.34, 0.24]])
@@ -109,8 +111,8 @@ class Backdrop:
         per pixel, the backdrop averaged over a grid of ``min(supersample, BACKDROP_SUPERSAMPLE)`` squared rays, for
         the pixel's samples that miss the object (zero where none does).
 
-        ``shadows`` (the object's shadow maps) darken the table where the object shadows it; ``scene`` (the object)
-        adds its contact shadow. Pass both for a capture with shadows, neither without.
+        ``scene`` (the object) adds its contact shadow; ``shadows`` (its shadow maps, for a capture style with
+        shadows) darken the table where the object shadows it from the lights.
         """
         size, supersample = hits.size, hits.supersample
         rate = min(supersample, BACKDROP_SUPERSAMPLE)
@@ -173,8 +175,6 @@ class Backdrop:
         """Shaded colour of table points (n,) x, y (float32)."""
         albedo = self._wood(x, y) if self.table == "wood" else self._cloth(x, y)
         light = np.full(len(x), AMBIENT, dtype=np.float32)
-        if scene is not None:
-            light *= contact_occlusion(scene, self.ground_z).at(x, y)
         for k, (direction, intensity) in enumerate(LIGHTS):
             if direction[2] <= 0.0:
                 continue  # a light from below never reaches the table top
@@ -186,6 +186,9 @@ class Backdrop:
                 reach[near] = lit[:, k]
             light += np.float32(intensity * direction[2]) * reach
         light *= self.lamp(x, y)
+        if scene is not None:
+            # The lights are not points: close to the object, it hides part of every one of them, too.
+            light *= contact_occlusion(scene, self.ground_z).at(x, y)
         return albedo * light[:, None]
 
     def _maybe_shadowed(self, x: np.ndarray, y: np.ndarray, light: np.ndarray, scene: Scene | None) -> np.ndarray:
@@ -316,10 +319,10 @@ def object_corners(scene: Scene) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ContactOcclusion:
-    """How much ambient light reaches the table around an object's footprint, on a grid around the z axis."""
+    """How much light reaches the table around an object's footprint, on a grid around the z axis."""
 
     factor: np.ndarray
-    """(T, T) fraction of the ambient light, 1 far from the object; rows along y, columns along x."""
+    """(T, T) fraction of the light, 1 far from the object; rows along y, columns along x."""
     extent: float
     """The grid spans [-extent, extent] in x and y (texel centres)."""
 
@@ -346,7 +349,7 @@ _CONTACT_CACHE_SIZE = 8
 
 def contact_occlusion(scene: Scene, ground_z: float) -> ContactOcclusion:
     """The contact shadow of ``scene`` on a table at ``ground_z`` (cached per geometry, like the shadow maps):
-    geometry close above the table darkens the ambient light around and under it (``CONTACT_SHADOW``)."""
+    geometry close above the table darkens the light around and under it (``CONTACT_SHADOW``)."""
     key = hashlib.blake2b(_geometry_key(scene) + np.float64(ground_z).tobytes(), digest_size=16).digest()
     occlusion = _CONTACT_CACHE.get(key)
     if occlusion is None:
@@ -390,7 +393,7 @@ def _contact_occlusion(scene: Scene, ground_z: float) -> ContactOcclusion:
     for scale, radius, strength in CONTACT_SHADOW:
         cover = np.exp(-np.maximum(lowest, 0.0) / scale)
         factor -= strength * gaussian_filter(cover, sigma=radius / texel, mode="constant")
-    return ContactOcclusion(factor=np.clip(factor, 0.2, 1.0), extent=extent)
+    return ContactOcclusion(factor=np.clip(factor, 0.25, 1.0), extent=extent)
 
 
 @lru_cache(maxsize=8)

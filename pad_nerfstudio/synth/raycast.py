@@ -345,7 +345,8 @@ def render(
 ) -> np.ndarray:
     """Anti-aliased RGB image (size, size, 3) in [0, 1] of ``scene`` seen from camera-to-world pose ``c2w``.
 
-    The background is white, or ``backdrop`` (which receives the scene's shadows when ``shading`` has them).
+    The background is white, or ``backdrop`` (which receives the scene's contact shadow, and its cast shadows when
+    ``shading`` has them).
     """
     shadows = shading.shadow_maps(scene)
     hits = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shadows)
@@ -363,10 +364,10 @@ def background_for(
     shadows: ShadowMaps | None,
 ) -> float | np.ndarray:
     """The ``background`` argument of :func:`compose` for a view of ``scene``: white without ``backdrop``, else the
-    backdrop's per-sample colours, with the scene's cast and contact shadows when it was traced with ``shadows``."""
+    backdrop's colours with the scene's contact shadow, and its cast shadows when it was traced with ``shadows``."""
     if backdrop is None:
         return 1.0
-    return backdrop.background(hits, c2w, camera_angle_x, shadows, scene if shadows is not None else None)
+    return backdrop.background(hits, c2w, camera_angle_x, shadows, scene)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
