@@ -1,6 +1,6 @@
 """Contact sheet of a MAD-format dataset for eyeballing it: one row per class with a few training views followed
-by one example of each defect type with its ground-truth mask outlined in red. Works on any MAD-Sim-layout folder
-(generated or real MAD), using Pillow only.
+by one example of each defect type with its ground-truth mask outlined in red. Works on any MAD-layout folder
+(generated, ring or hand-held, or real MAD), using Pillow only.
 
 Usage::
 
@@ -37,10 +37,23 @@ def outline_mask(image: Image.Image, mask: Image.Image, width: int = 1) -> Image
     return Image.fromarray(pixels)
 
 
+RING_VIEWS = (35, 66, 108, 171)
+"""Four training views of the 210-view ring grid from different rings and sides."""
+
+
+def spread_views(folder: Path, count: int = 4) -> tuple[int, ...]:
+    """Indices of ``count`` training views spread over a class's views (``RING_VIEWS`` for a 210-view ring grid;
+    evenly spaced otherwise, e.g. one per loop of a hand-held capture)."""
+    views = len(list((Path(folder) / "train" / "good").glob("*.png")))
+    if views == 210:
+        return RING_VIEWS
+    return tuple(sorted({int(i * views / count) for i in range(count)}))
+
+
 def make_contact_sheet(
-    data: Path | str, out: Path | str, train_views: tuple[int, ...] = (35, 66, 108, 171), tile: int = 200
+    data: Path | str, out: Path | str, train_views: tuple[int, ...] | None = None, tile: int = 200
 ) -> Path:
-    """Write the sheet to ``out``; ``train_views`` are training image indices (default: four rings and sides).
+    """Write the sheet to ``out``; ``train_views`` are training image indices (default: :func:`spread_views`).
 
     Example:
         >>> make_contact_sheet("/tmp/synth_check", "/tmp/synth_check/sheet.png")
@@ -49,14 +62,14 @@ def make_contact_sheet(
     if not folders:
         raise FileNotFoundError(f"no class folders with train/good under {data}")
     label_height = 16
-    columns = len(train_views) + len(DEFECT_TYPES)
+    columns = (len(train_views) if train_views else 4) + len(DEFECT_TYPES)
     sheet = Image.new("RGB", (columns * tile, len(folders) * (tile + label_height)), "white")
     draw = ImageDraw.Draw(sheet)
     for row, folder in enumerate(folders):
         top = row * (tile + label_height)
         draw.text((4, top + 2), folder.name, fill=(0, 0, 0))
         tiles = []
-        for index in train_views:
+        for index in train_views or spread_views(folder):
             path = folder / "train" / "good" / f"{index}.png"
             tiles.append((f"train {index}", Image.open(path).convert("RGB") if path.exists() else None))
         for kind in DEFECT_TYPES:
