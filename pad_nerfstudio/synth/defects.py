@@ -123,14 +123,13 @@ def render_defect(
     if result is None:
         return None
     hits, albedo, defective, touched, defective_scene, defective_shadows = result
-    image = compose(
-        hits,
-        shade(hits, albedo, gloss=shading.gloss),
-        background_for(hits, c2w, camera_angle_x, backdrop, defective_scene, defective_shadows),
-    )
-    reference = compose(
-        clean, shade(clean, gloss=shading.gloss), background_for(clean, c2w, camera_angle_x, backdrop, scene, shadows)
-    )
+    reference_background = background_for(clean, c2w, camera_angle_x, backdrop, scene, shadows)
+    if hits is clean and defective_scene is scene and defective_shadows is shadows:
+        image_background = reference_background  # a stain changes colours only: the same backdrop and shadows
+    else:
+        image_background = background_for(hits, c2w, camera_angle_x, backdrop, defective_scene, defective_shadows)
+    image = compose(hits, shade(hits, albedo, gloss=shading.gloss), image_background)
+    reference = compose(clean, shade(clean, gloss=shading.gloss), reference_background)
     if shading == LAMBERTIAN and backdrop is None:
         plain_image, plain_reference = image, reference
     else:
