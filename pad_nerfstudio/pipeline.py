@@ -28,6 +28,7 @@ from torch import Tensor
 
 from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig
 from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_report
+from pad_nerfstudio.compat import explain_missing_checkpoints
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
 from pad_nerfstudio.data.mad_layout import read_true_poses, spread_subset
@@ -36,6 +37,10 @@ from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
 from pad_nerfstudio.viewer import InspectionPanel
+
+# ns-eval, ns-viewer: a run without checkpoints says so instead of "list index out of range". This module is loaded
+# with the plugin, which nerfstudio's scripts load while importing the function to wrap.
+explain_missing_checkpoints()
 
 
 @dataclass
