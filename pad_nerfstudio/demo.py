@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Optional
 
 import tyro
-from nerfstudio.scripts.train import main as ns_train
-from nerfstudio.utils.eval_utils import eval_setup
 from rich.console import Console
 from rich.table import Table
 
 from pad_nerfstudio.data.mad_layout import resolve_class_dir
+
+# nerfstudio and the method are imported in `main`, after the data is there: they take seconds (tens on a busy
+# laptop) that `pad-demo --help` or a bad --data should not cost.
 
 CONSOLE = Console()
 
@@ -53,10 +54,13 @@ def ensure_default_class(config: DemoConfig) -> Path:
 
 
 def main(config: DemoConfig) -> None:
-    from pad_nerfstudio.method_configs import omnipose_ad_lite
-
     start = time.perf_counter()
     class_dir = ensure_default_class(config)
+    from nerfstudio.scripts.train import main as ns_train
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from pad_nerfstudio.method_configs import omnipose_ad_lite
+
     trainer_config = copy.deepcopy(omnipose_ad_lite.config)
     trainer_config.pipeline.datamanager.data = class_dir
     trainer_config.output_dir = config.output_dir

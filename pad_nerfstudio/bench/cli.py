@@ -18,16 +18,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, List, Literal, Optional, Sequence
 
 import tyro
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pad_nerfstudio.bench.methods import RUNNERS, MethodOptions
 from pad_nerfstudio.bench.plan import (
     BenchOptionError,
+    ReportError,
     parse_methods,
     parse_shard,
     parse_train_views,
@@ -35,9 +35,13 @@ from pad_nerfstudio.bench.plan import (
     resolve_classes,
     shard_runs,
 )
-from pad_nerfstudio.bench.report import ReportError, write_benchmark_report
-from pad_nerfstudio.bench.runner import BenchProgress, RunSummary, execute_runs
 from pad_nerfstudio.data.mad_layout import MADFormatError
+
+if TYPE_CHECKING:
+    from pad_nerfstudio.bench.runner import RunSummary
+
+# The runners, the run loop and the report are imported where they are used: they load torch and nerfstudio, seconds
+# (tens on a busy laptop) that `pad-bench --help` or a mistyped option should not cost.
 
 CONSOLE = Console()
 
@@ -129,6 +133,10 @@ def run(config: BenchConfig) -> int:
             finished = read_result(run_dir(config.out, item) / RESULT_FILE, item) is not None
             CONSOLE.print(f"  {item.key}  {'finished' if finished else 'to do'}")
         return 0
+    from pad_nerfstudio.bench.methods import RUNNERS, MethodOptions
+    from pad_nerfstudio.bench.report import write_benchmark_report
+    from pad_nerfstudio.bench.runner import BenchProgress, execute_runs
+
     options = MethodOptions(
         preset=config.preset,
         max_num_iterations=config.max_num_iterations,
@@ -159,6 +167,8 @@ def run(config: BenchConfig) -> int:
 
 def report(config: ReportConfig) -> int:
     """Write the report from stored results; returns the process exit code."""
+    from pad_nerfstudio.bench.report import write_benchmark_report
+
     summary = write_benchmark_report(config.out, plots=config.plots)
     runs = len(summary["runs"])
     CONSOLE.print(f"Report of {runs} runs: {config.out / 'results.md'} (also results.json, results.csv, plots/)")

@@ -39,6 +39,13 @@ class BenchOptionError(ValueError):
     """A benchmark option the user gave is invalid; the message says which and what is allowed."""
 
 
+class ReportError(ValueError):
+    """The report cannot be built (e.g. no finished runs); the message says where it looked.
+
+    Declared here rather than in `report` so that the command line can catch it without importing the methods.
+    """
+
+
 def setting_name(train_views: Optional[int]) -> str:
     """Folder and table name of a training-view setting.
 

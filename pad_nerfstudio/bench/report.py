@@ -30,7 +30,7 @@ import numpy as np
 
 from pad_nerfstudio.bench.attributes import ATTRIBUTES
 from pad_nerfstudio.bench.methods import RELEVANT_OPTIONS
-from pad_nerfstudio.bench.plan import METHODS, BenchRun, setting_name
+from pad_nerfstudio.bench.plan import METHODS, BenchRun, ReportError, setting_name
 from pad_nerfstudio.bench.store import json_ready, load_results, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -76,10 +76,6 @@ CSV_COLUMNS = (
     "train_seconds",
     "wall_seconds",
 )
-
-
-class ReportError(ValueError):
-    """The report cannot be built (e.g. no finished runs); the message says where it looked."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
