@@ -19,6 +19,7 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from pad_nerfstudio.cli_errors import user_errors
 from pad_nerfstudio.data.mad_layout import resolve_class_dir
 
 # nerfstudio and the method are imported in `main`, after the data is there: they take seconds (tens on a busy
@@ -68,7 +69,13 @@ def main(config: DemoConfig) -> None:
     trainer_config.vis = "tensorboard"
     if config.max_num_iterations is not None:
         trainer_config.max_num_iterations = config.max_num_iterations
+    training_started = time.time()
     ns_train(trainer_config)
+    # ns-train catches Ctrl-C, prints its traceback and returns: only a final checkpoint of this training says that
+    # it ran to its end (one left by an earlier pad-demo is older).
+    final_checkpoint = trainer_config.get_checkpoint_dir() / f"step-{trainer_config.max_num_iterations - 1:09d}.ckpt"
+    if not final_checkpoint.exists() or final_checkpoint.stat().st_mtime < training_started:
+        raise KeyboardInterrupt
     trained = time.perf_counter()
 
     # What `ns-eval --load-config C --output-path eval.json --render-output-path inspection` does.
@@ -104,7 +111,9 @@ def main(config: DemoConfig) -> None:
 
 
 def entrypoint() -> None:
-    main(tyro.cli(DemoConfig))
+    """Console-script entry point (``pad-demo``); ``PAD_DEBUG=1`` shows tracebacks instead of one-line errors."""
+    with user_errors("pad-demo"):
+        main(tyro.cli(DemoConfig))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pad_nerfstudio.bench.plan import (
     resolve_classes,
     shard_runs,
 )
+from pad_nerfstudio.cli_errors import user_errors
 from pad_nerfstudio.data.mad_layout import MADFormatError
 
 if TYPE_CHECKING:
@@ -198,7 +199,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    """Console-script entry point (``pad-bench``); ``PAD_DEBUG=1`` shows tracebacks instead of one-line errors."""
+    with user_errors("pad-bench"):
+        sys.exit(main())
 
 
 if __name__ == "__main__":

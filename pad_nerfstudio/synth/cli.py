@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+from pad_nerfstudio.cli_errors import user_errors
 from pad_nerfstudio.synth.capture import EFFECTS, STYLES
 from pad_nerfstudio.synth.generate import (
     CAPTURES,
@@ -128,8 +129,9 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def entrypoint() -> None:
-    """Console-script entry point (``pad-synth``)."""
-    sys.exit(main())
+    """Console-script entry point (``pad-synth``); ``PAD_DEBUG=1`` shows tracebacks instead of one-line errors."""
+    with user_errors("pad-synth"):
+        sys.exit(main())
 
 
 if __name__ == "__main__":
