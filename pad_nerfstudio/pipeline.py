@@ -23,7 +23,6 @@ from jaxtyping import Float
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig
@@ -36,6 +35,7 @@ from pad_nerfstudio.field.appearance import identity_transform, match_colours
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
+from pad_nerfstudio.progress import live_or_plain_progress
 from pad_nerfstudio.viewer import InspectionPanel
 
 # ns-eval, ns-viewer: a run without checkpoints says so instead of "list index out of range". This module is loaded
@@ -243,14 +243,8 @@ class OmniposePipeline(VanillaPipeline):
         true_poses = read_true_poses(class_dir)
         estimator, _ = self.detector()  # built before the clock starts: a one-off cost per class, not per query
         records: List[QueryRecord] = []
-        columns = (
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        )
         started = time.perf_counter()
-        with Progress(*columns, console=CONSOLE, transient=True) as progress:
+        with live_or_plain_progress(CONSOLE) as progress:  # a plain line every ~10 % when the output is a log file
             for index in progress.track(range(len(queries)), description=f"Inspecting {class_dir.name} queries"):
                 item = queries[index]
                 path = Path(queries.image_filenames[index])
