@@ -25,12 +25,23 @@ import numpy as np
 GRABCUT_ITERATIONS = 5
 HULL_RESOLUTION = 112
 """Voxels per side of the hull grid over the object's region."""
-HULL_AGREEMENT = 0.7
-"""A voxel is object when at least this fraction of the photos that see it has it inside the object mask."""
+HULL_AGREEMENT = 0.9
+"""A voxel is object when at least this fraction of the photos that see it has it inside the object mask: a vote,
+not an intersection, so that a photo whose first pass failed (a close-up whose region prior fills the frame) does
+not carve the object."""
+HULL_BAND = 0.03
+"""Band (fraction of the photo's longer side) around the hull's outline in which the second pass decides. Measured
+on a 160 px hand-held pad-synth class against its true masks: mean IoU 0.71 after the first pass, 0.98 after the
+second with this band (0.977 with 0.02, 0.982 with 0.045); a third pass did not help (0.974)."""
 
 
 def composite_on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """uint8 RGB with everything outside the boolean ``mask`` replaced by white (MAD's background)."""
+    """uint8 RGB with everything outside the boolean ``mask`` replaced by white (MAD's background).
+
+    The outline keeps its pixels as photographed, part backdrop. Estimating and removing that share (alpha matting
+    from inpainted object and backdrop colours) was tried and changed nothing measurable: a good query on a table
+    scored 44 against its exact reference on white cut out this way and 45 matted (a 6 x 6 px stain: 177).
+    """
     return np.where(mask[..., None], image, np.uint8(255))
 
 
@@ -213,7 +224,7 @@ def automatic_masks(
     masks = []
     for index, (image, camera_to_world, camera) in enumerate(zip(images, camera_to_worlds, intrinsics)):
         silhouette = hull_silhouette(voxels, step, camera_to_world, camera, image.shape[:2])
-        band = max(2, round(0.015 * max(image.shape[:2])))
+        band = max(2, round(HULL_BAND * max(image.shape[:2])))
         masks.append(segment_object(image, silhouette, band) if silhouette.any() else silhouette)
         report(len(images) + index + 1, total)
     return masks

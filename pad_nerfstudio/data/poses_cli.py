@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 TRANSFORMS = "transforms.json"
+SPARSE_POINTS = "sparse_pc.ply"
 MASK_FOLDER = "train/masks"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -70,7 +71,7 @@ def estimate_class_poses(
     without ``force``) or :class:`~pad_nerfstudio.data.mad_layout.MADFormatError` (no photos).
     """
     from pad_nerfstudio.data.mad_layout import MADFormatError, natural_key
-    from pad_nerfstudio.data.sfm import SfMError, reconstruct
+    from pad_nerfstudio.data.sfm import SfMError, reconstruct, write_ply
 
     class_dir = Path(class_dir)
     photo_dir = class_dir / "train" / "good"
@@ -123,7 +124,8 @@ def estimate_class_poses(
                 if masks_written:
                     frame["mask_path"] = f"{MASK_FOLDER}/{Path(name).stem}.png"
                 frames.append(frame)
-            content = {**result.intrinsics, "frames": frames, "pad_poses": summary}
+            write_ply(staging / SPARSE_POINTS, result.points)
+            content = {**result.intrinsics, "ply_file_path": SPARSE_POINTS, "frames": frames, "pad_poses": summary}
             (staging / TRANSFORMS).write_text(json.dumps(content, indent=2))
             # Everything is complete: move it into place (masks first, so transforms.json never names missing ones).
             if masks_written:
@@ -131,6 +133,7 @@ def estimate_class_poses(
                 if target.exists():
                     shutil.rmtree(target)
                 shutil.move(str(staging / "masks"), target)
+            (staging / SPARSE_POINTS).replace(class_dir / SPARSE_POINTS)
             (staging / TRANSFORMS).replace(transforms)
     return summary
 

@@ -10,6 +10,7 @@ up, and the median camera distance becomes ``CAMERA_DISTANCE``. The result is wr
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,14 @@ CAMERA_DISTANCE = 4.0
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 """Distortion-free models: the field renders pinhole cameras, so lens distortion must be removed beforehand."""
+
+
+SIFT_PEAK_THRESHOLD = 0.002
+"""SIFT contrast threshold (COLMAP's default 0.0067): small photos need more, weaker features."""
+MIN_INITIAL_INLIERS = 50
+"""Verified matches the first image pair needs (COLMAP's default 100)."""
+MIN_REGISTRATION_INLIERS = 15
+"""2D-3D inliers a photo needs to be added to the model (COLMAP's default 30)."""
 
 
 class SfMError(RuntimeError):
@@ -73,6 +82,8 @@ def reconstruct(
     """
     import pycolmap
 
+    # COLMAP logs every step at INFO level through glog; the progress bars say what a user needs.
+    pycolmap.logging.minloglevel = 0 if os.environ.get("PAD_DEBUG") else 2
     if camera_model not in CAMERA_MODELS:
         raise ValueError(f"camera model {camera_model!r}: expected one of {', '.join(CAMERA_MODELS)}")
     report = on_stage or (lambda stage, done, total: None)
@@ -95,7 +106,7 @@ def reconstruct(
         extraction.num_threads = -1
         # Small photos (MAD-Real is often downscaled, pad-synth renders 160-400 px) need a lower contrast threshold
         # to give SIFT enough features on the toy itself, not only on the backdrop.
-        extraction.sift.peak_threshold = 0.004
+        extraction.sift.peak_threshold = SIFT_PEAK_THRESHOLD
         report("features", 0, len(names))
         pycolmap.extract_features(
             database,
@@ -121,6 +132,10 @@ def reconstruct(
         options.num_threads = -1
         options.random_seed = seed
         options.multiple_models = False
+        # COLMAP's defaults expect megapixel photos with thousands of features; a toy in a few hundred pixels gives
+        # a tenth of that, so the thresholds to start and to grow the model are lowered in proportion.
+        options.mapper.init_min_num_inliers = MIN_INITIAL_INLIERS
+        options.mapper.abs_pose_min_num_inliers = MIN_REGISTRATION_INLIERS
         if focal_length is not None:
             options.ba_refine_focal_length = False
             options.ba_refine_extra_params = False
@@ -288,3 +303,10 @@ def pose_errors_after_alignment(estimated: np.ndarray, truth: np.ndarray) -> dic
         "rotation_deg": np.degrees(Rotation.from_matrix(relative).magnitude()),
         "centre_fraction": np.linalg.norm(centres - truth[:, :3, 3], axis=1) / distance,
     }
+
+
+def write_ply(path: Path, points: np.ndarray) -> None:
+    """Points (N, 3) as an ASCII PLY (what nerfstudio's ``ply_file_path`` names: the sparse point cloud)."""
+    properties = "".join(f"property float {axis}\n" for axis in "xyz")
+    header = f"ply\nformat ascii 1.0\nelement vertex {len(points)}\n{properties}end_header\n"
+    Path(path).write_text(header + "".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points))
