@@ -25,12 +25,13 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig
+from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig, image_scores
 from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_report
 from pad_nerfstudio.compat import explain_missing_checkpoints
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
 from pad_nerfstudio.data.mad_layout import read_true_poses, spread_subset
+from pad_nerfstudio.data.object_masks import segment_object
 from pad_nerfstudio.field.appearance import identity_transform, match_colours
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
@@ -58,6 +59,12 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     """Printed when the pipeline starts (e.g. that a GPU preset fell back to its CPU settings)."""
     hull_views: int = 64
     """Training views used to carve the visual hull that initialises the occupancy grid."""
+    backdrop_band_coarse: float = 0.04
+    """Photos on a backdrop (MAD-Real): how far (fraction of the query's longer side) the object's outline may
+    lie from the field's silhouette at the first pose estimate, which fits the object against its backdrop."""
+    backdrop_band: float = 0.015
+    """The same after the pose was refined on the cut-out object; also how far from the silhouette the anomaly
+    map is kept (a defect changes the outline by less, and segmentation errors beyond are no defect)."""
     reference_max_side: int = 320
     """The anomaly-free reference is rendered at the query's size up to this many pixels on its longer side
     (then resized to the query's size): scoring compares at the scorer's map size (224), so larger renderings
@@ -106,6 +113,7 @@ class OmniposePipeline(VanillaPipeline):
         if config.startup_note and test_mode == "val":
             CONSOLE.print(f"[bold yellow]{config.startup_note}")
         self._detector: Optional[Tuple[PoseEstimator, AnomalyScorer]] = None
+        self._on_backdrop = False  # set with the detector: the training views are photos on a backdrop
         self.inspection = InspectionPanel(self)  # viewer panel (pad_nerfstudio/viewer), found by nerfstudio's viewer
 
     # ----------------------------------------------------------------------------------------------- training
@@ -157,6 +165,9 @@ class OmniposePipeline(VanillaPipeline):
             views = self.training_views()
             cameras = views.cameras
             images = [views.get_image_float32(i) for i in range(len(views))]
+            photos = None
+            if views.on_backdrop:
+                photos = [torch.from_numpy(views.get_photo(i).astype(np.float32) / 255.0) for i in range(len(views))]
             intrinsics = torch.stack([cameras.fx[:, 0], cameras.fy[:, 0], cameras.cx[:, 0], cameras.cy[:, 0]], -1)
             estimator = self.config.localisation.setup(
                 model=self.model,
@@ -165,8 +176,10 @@ class OmniposePipeline(VanillaPipeline):
                 image_size=(int(cameras.width[0]), int(cameras.height[0])),
                 images=images,
                 backbone=scorer.backbone,
+                retrieval_images=photos,
             )
             self._detector = (estimator, scorer)
+            self._on_backdrop = views.on_backdrop
             CONSOLE.log(f"Pose index over {len(images)} training views built in {time.perf_counter() - started:.1f} s")
         return self._detector
 
@@ -195,10 +208,19 @@ class OmniposePipeline(VanillaPipeline):
 
         clock = time.perf_counter()
         camera_to_world, diagnostics = estimator.estimate_pose(query)
+        object_mask = None
+        if self._on_backdrop:
+            # Cut the object out along its rendered silhouette, then fit again on the cut-out: the field knows
+            # only the object on white, so the backdrop must not pull on the pose or reach the comparison.
+            object_mask = self.segment_query(query, camera_to_world, self.config.backdrop_band_coarse)
+            camera_to_world, refit = estimator.refine(_on_white(query, object_mask), [camera_to_world])
+            diagnostics.update(backdrop_first_pose=diagnostics.get("pnp_pose"), score=refit["score"])
+            object_mask = self.segment_query(query, camera_to_world, self.config.backdrop_band)
+            query = _on_white(query, object_mask)
         seconds["pose"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        reference = self.render_reference(camera_to_world, query.shape[1], query.shape[0])
+        reference, accumulation = self.render_reference(camera_to_world, query.shape[1], query.shape[0], True)
         seconds["render"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -206,14 +228,39 @@ class OmniposePipeline(VanillaPipeline):
         if self.config.scorer.colour_fit:
             reference, colour_transform = match_colours(reference, query)
         maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None])
+        if object_mask is not None:
+            maps, scores = self._only_near_object(maps, accumulation)
         seconds["score"] = time.perf_counter() - clock
         diagnostics.pop("reference", None)  # a rendering at the pre-refinement pose; ours supersedes it
         return Inspection(
             camera_to_world, reference, maps[0].cpu(), float(scores[0]), diagnostics, colour_transform, seconds
         )
 
-    def render_reference(self, camera_to_world: Float[Tensor, "3 4"], width: int, height: int) -> Tensor:
-        """The field's canonical-colour rendering at a query's pose, (height, width, 3) in [0, 1], on the CPU.
+    def segment_query(self, query: Float[Tensor, "H W 3"], camera_to_world: Tensor, band: float) -> np.ndarray:
+        """Object mask of a query photographed on a backdrop, from the field's silhouette at ``camera_to_world``;
+        ``band`` (fraction of the longer side) is how far the outline may be off."""
+        height, width = query.shape[:2]
+        _, accumulation = self.render_reference(camera_to_world, width, height, True)
+        photo = (query.numpy() * 255.0).round().astype(np.uint8)
+        return segment_object(photo, accumulation.numpy() > 0.5, max(2, round(band * max(width, height))))
+
+    def _only_near_object(self, maps: Tensor, accumulation: Tensor) -> Tuple[Tensor, Tensor]:
+        """Zero the map away from the object's silhouette (dilated by ``backdrop_band``): what a segmentation
+        error leaves of the backdrop there is no defect of the object."""
+        size = maps.shape[-1]
+        silhouette = (accumulation[None, None] > 0.5).float()
+        silhouette = F.interpolate(silhouette, size=(size, size), mode="area")[0]
+        radius = max(1, round(self.config.backdrop_band * size))
+        near = F.max_pool2d(silhouette, 2 * radius + 1, stride=1, padding=radius) > 0
+        _, scorer = self.detector()
+        maps = maps * near.to(maps.dtype)
+        return maps, image_scores(maps, scorer.config.score_rule, scorer.config.pool_size)
+
+    def render_reference(
+        self, camera_to_world: Float[Tensor, "3 4"], width: int, height: int, with_accumulation: bool = False
+    ) -> Tensor | Tuple[Tensor, Tensor]:
+        """The field's canonical-colour rendering at a query's pose, (height, width, 3) in [0, 1], on the CPU,
+        and with ``with_accumulation`` also its opacity (height, width).
 
         Rendered at most ``reference_max_side`` pixels wide or high and resized to (width, height) when larger.
         """
@@ -222,12 +269,14 @@ class OmniposePipeline(VanillaPipeline):
         render_width, render_height = max(8, round(width * scale)), max(8, round(height * scale))
         intrinsics = estimator.query_intrinsics(render_width, render_height).float().to(self.device)
         rendering = self.model.render_image(camera_to_world.to(self.device), intrinsics, render_width, render_height)
-        reference = rendering["rgb"].clamp(0.0, 1.0).cpu()
+        reference = torch.cat([rendering["rgb"].clamp(0.0, 1.0), rendering["accumulation"]], dim=-1).cpu()
         if (render_width, render_height) != (width, height):
             reference = F.interpolate(
                 reference.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", align_corners=False
             )[0].permute(1, 2, 0)
-        return reference
+        if with_accumulation:
+            return reference[..., :3], reference[..., 3]
+        return reference[..., :3]
 
     # --------------------------------------------------------------------------------------------- evaluation
     def get_average_eval_image_metrics(
@@ -271,6 +320,10 @@ class OmniposePipeline(VanillaPipeline):
             write_report(Path(output_path), records, results, title=class_dir.name, size=self.config.scorer.map_size)
             CONSOLE.log(f"Anomaly panels, scores.csv, poses.json and curves written to {output_path}")
         return results
+
+
+def _on_white(query: Float[Tensor, "H W 3"], mask: np.ndarray) -> Float[Tensor, "H W 3"]:
+    return torch.where(torch.from_numpy(mask)[..., None], query, torch.ones(()))
 
 
 def _fill_missing_fields(config: Any) -> None:

@@ -145,6 +145,8 @@ class PoseEstimator:
         image_size: (width, height) of the training views.
         images: the training images (N, H, W, 3) in [0, 1]: retrieval database and keypoints.
         backbone: shared frozen feature extractor (default: the offline EfficientNet-Lite0).
+        retrieval_images: what the retrieval index describes instead of ``images``: photos with their backdrop,
+            whose queries show the same backdrop, while keypoints and fits use the object cut out on white.
 
     Example:
         >>> estimator = PoseEstimatorConfig().setup(model=model, camera_to_worlds=cams.camera_to_worlds,
@@ -161,6 +163,7 @@ class PoseEstimator:
         image_size: Tuple[int, int],
         images: Sequence[Float[Tensor, "H W 3"]] | Float[Tensor, "N H W 3"],
         backbone: Optional[FeatureExtractor] = None,
+        retrieval_images: Optional[Sequence[Float[Tensor, "H W 3"]]] = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -176,7 +179,8 @@ class PoseEstimator:
             raise ValueError(f"Got {len(images)} training images for {len(self.camera_to_worlds)} poses.")
         backbone = backbone if backbone is not None else load_backbone()
         started = time.perf_counter()
-        self.retrieval = PoseRetrieval(backbone, config.retrieval).build(images, self.camera_to_worlds)
+        retrieval_images = images if retrieval_images is None else retrieval_images
+        self.retrieval = PoseRetrieval(backbone, config.retrieval).build(retrieval_images, self.camera_to_worlds)
         self.keypoints = KeypointDatabase(replace(config.matching, seed=config.seed)).build(
             images, self.camera_to_worlds, self.intrinsics, self._render_depth
         )
