@@ -20,15 +20,13 @@ pose error median and 95th percentile, training seconds and seconds per query, e
 from __future__ import annotations
 
 import argparse
-import copy
-import gc
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
+from runs import evaluate_run, numeric, train_lite
 
 from pad_nerfstudio.synth.generate import resolve_class_names
 
@@ -115,44 +113,8 @@ def generate(out: Path, style: str, size: int, classes: str, n_good: int, n_defe
 
 def train(job: Job) -> tuple[Path, float]:
     """Train (or reuse) the field of a job's class and variant; returns its config.yml and training seconds."""
-    from nerfstudio.scripts.train import main as ns_train
-    from pad_nerfstudio.method_configs import omnipose_ad_lite
-
     name = job.variant.trains_like or job.variant.name
-    run_dir = job.run_dir(name)
-    marker = run_dir / "trained.json"
-    if marker.exists():
-        stored = json.loads(marker.read_text())
-        return Path(stored["config"]), float(stored["train_seconds"])
-    config = copy.deepcopy(omnipose_ad_lite.config)
-    config.pipeline.datamanager.data = job.class_dir
-    config.pipeline.datamanager.dataparser.data = job.class_dir
-    config.output_dir = (run_dir / "nerfstudio").resolve()
-    config.experiment_name = job.class_dir.name
-    config.timestamp = "capture"
-    config.vis = "tensorboard"
-    if job.max_num_iterations:
-        config.max_num_iterations = job.max_num_iterations
-    VARIANTS[name].train(config)
-    started = time.perf_counter()
-    ns_train(config)
-    seconds = time.perf_counter() - started
-    config_path = config.get_base_dir() / "config.yml"
-    marker.write_text(json.dumps({"config": str(config_path), "train_seconds": seconds}))
-    return config_path, seconds
-
-
-def evaluate(job: Job, config_path: Path) -> Dict[str, Any]:
-    """ns-eval's metrics of a trained run under the job's evaluation settings."""
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
-    job.variant.evaluate(pipeline.config)
-    try:
-        return pipeline.get_average_eval_image_metrics(output_path=job.run_dir() / "report")
-    finally:
-        del pipeline
-        gc.collect()
+    return train_lite(job.class_dir, job.run_dir(name), VARIANTS[name].train, job.max_num_iterations)
 
 
 def run(job: Job) -> Dict[str, Any]:
@@ -161,8 +123,8 @@ def run(job: Job) -> Dict[str, Any]:
         return json.loads(result_path.read_text())
     job.run_dir().mkdir(parents=True, exist_ok=True)
     config_path, train_seconds = train(job)
-    metrics = evaluate(job, config_path)
-    result = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "train_seconds": train_seconds}
+    metrics = evaluate_run(config_path, job.run_dir() / "report", job.variant.evaluate)
+    result = {**numeric(metrics), "train_seconds": train_seconds}
     result_path.write_text(json.dumps(result, indent=2))
     return result
 
