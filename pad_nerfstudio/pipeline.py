@@ -27,21 +27,17 @@ from torch import Tensor
 
 from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig, image_scores
 from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_report
-from pad_nerfstudio.compat import explain_missing_checkpoints
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
 from pad_nerfstudio.data.mad_layout import read_true_poses, spread_subset
 from pad_nerfstudio.data.object_masks import segment_object
 from pad_nerfstudio.field.appearance import identity_transform, match_colours
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
+from pad_nerfstudio.inspection import Inspection
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
 from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
 from pad_nerfstudio.progress import live_or_plain_progress
 from pad_nerfstudio.viewer import InspectionPanel
-
-# ns-eval, ns-viewer: a run without checkpoints says so instead of "list index out of range". This module is loaded
-# with the plugin, which nerfstudio's scripts load while importing the function to wrap.
-explain_missing_checkpoints()
 
 
 @dataclass
@@ -69,28 +65,6 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     """The anomaly-free reference is rendered at the query's size up to this many pixels on its longer side
     (then resized to the query's size): scoring compares at the scorer's map size (224), so larger renderings
     would cost time and change nothing."""
-
-
-@dataclass
-class Inspection:
-    """What the pipeline finds for one query image."""
-
-    camera_to_world: Float[Tensor, "3 4"]
-    """Estimated pose, in the frame of the class's transforms.json (OpenGL convention)."""
-    reference: Float[Tensor, "H W 3"]
-    """Anomaly-free rendering of the object at the estimated pose, RGB in [0, 1], at the query's size, in the
-    query's colours (exposure and white balance fitted, see `colour_transform`)."""
-    anomaly_map: Float[Tensor, "S S"]
-    """Pixel anomaly scores at the scorer's map size (224 in the PAD protocol)."""
-    score: float
-    """Image anomaly score."""
-    pose: Dict[str, Any]
-    """Diagnostics of the pose estimate (retrieved views, fit score, seconds per stage)."""
-    colour_transform: Float[Tensor, "3 4"]
-    """Per-channel gain and offset, as a (3, 4) affine map, from the field's canonical colours to the query's
-    (identity without the scorer's colour fit)."""
-    seconds: Dict[str, float]
-    """Wall time per stage: pose, render, score."""
 
 
 class OmniposePipeline(VanillaPipeline):
@@ -207,7 +181,7 @@ class OmniposePipeline(VanillaPipeline):
         seconds: Dict[str, float] = {}
 
         clock = time.perf_counter()
-        camera_to_world, diagnostics = estimator.estimate_pose(query)
+        camera_to_world, diagnostics = estimator.estimate_pose(query, on_backdrop=self._on_backdrop)
         object_mask = None
         if self._on_backdrop:
             # Cut the object out along its rendered silhouette, then fit again on the cut-out: the field knows

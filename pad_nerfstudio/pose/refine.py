@@ -273,13 +273,16 @@ class PoseEstimator:
         return chosen
 
     # ------------------------------------------------------------------------------------------------ public API
-    def estimate_pose(self, query_image: Float[Tensor, "H W 3"]) -> Tuple[Float[Tensor, "3 4"], Dict[str, Any]]:
+    def estimate_pose(
+        self, query_image: Float[Tensor, "H W 3"], on_backdrop: bool = False
+    ) -> Tuple[Float[Tensor, "3 4"], Dict[str, Any]]:
         """Camera-to-world (3x4, float32, OpenGL convention) of an RGB query in [0, 1], and diagnostics.
 
         Diagnostics: ``retrieved`` (view indices), ``coarse_pose`` (the nearest view's pose), ``pnp_pose`` and
         ``pnp_inliers`` (the hypothesis with most PnP inliers), ``hypothesis_views`` / ``hypothesis_inliers``,
         ``chosen_view``, ``retried`` (the first fit was poor and the fine stage ran again from nearby training
         views), everything `refine` reports, and ``seconds`` per stage (retrieval, pnp, round1..., retry, total).
+        ``on_backdrop``: the query shows the object on a backdrop, not on white (see `refine`).
 
         Example:
             >>> camera_to_world, diagnostics = estimator.estimate_pose(query)  # doctest: +SKIP
@@ -299,13 +302,13 @@ class PoseEstimator:
         chosen = self._select_hypotheses(hypotheses)
         seconds["pnp"] = time.perf_counter() - clock
 
-        pose, diagnostics = self.refine(query, [h.camera_to_world for h in chosen])
+        pose, diagnostics = self.refine(query, [h.camera_to_world for h in chosen], on_backdrop)
         seconds.update(diagnostics.pop("seconds"))
         diagnostics.update(retried=False, chosen_view=chosen[diagnostics["chosen_hypothesis"]].view)
         if diagnostics["score"] > self.config.retry_factor * self.typical_score:
             clock = time.perf_counter()
             retry_views = self._retry_views(pose, [h.camera_to_world for h in chosen] + [pose])
-            retry_pose, retry = self.refine(query, [self.camera_to_worlds[v] for v in retry_views])
+            retry_pose, retry = self.refine(query, [self.camera_to_worlds[v] for v in retry_views], on_backdrop)
             diagnostics.update(retried=True, first_score=diagnostics["score"], first_pose=pose)
             if retry["score"] < diagnostics["score"]:
                 pose = retry_pose
@@ -325,13 +328,17 @@ class PoseEstimator:
         return pose, diagnostics
 
     def refine(
-        self, query_image: Float[Tensor, "H W 3"], initial_poses: Sequence[Float[Tensor, "3 4"]]
+        self,
+        query_image: Float[Tensor, "H W 3"],
+        initial_poses: Sequence[Float[Tensor, "3 4"]],
+        on_backdrop: bool = False,
     ) -> Tuple[Float[Tensor, "3 4"], Dict[str, Any]]:
         """The fine stage alone: refine one or more starting poses of a query and return the best fit.
 
         Every round renders the surviving poses in one batch of rays, aligns the query to each rendering and
         keeps the ``keep`` lowest fixed-scale robust residuals. Useful on its own when a pose guess exists (a
-        viewer's camera, the previous frame).
+        viewer's camera, the previous frame). With ``on_backdrop`` only the rendered object's pixels are compared:
+        the white just outside its outline (`AlignmentConfig.background_band`) would meet the query's backdrop.
 
         Returns:
             Camera-to-world (3x4, float32) and diagnostics: ``hypothesis_scores`` (lower is better),
@@ -361,6 +368,8 @@ class PoseEstimator:
             round_intrinsics = intrinsics * scale
             renders = render_views(self.model, poses, round_intrinsics, round_width, round_height)
             alignment_config = replace(round_config.alignment, seed=self.config.seed + index)
+            if on_backdrop:
+                alignment_config = replace(alignment_config, background_band=0)
             results = []
             for pose, render in zip(poses, renders):
                 reference = ReferenceView(

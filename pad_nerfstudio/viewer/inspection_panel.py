@@ -28,7 +28,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from pad_nerfstudio.anomaly.report import to_uint8
 from pad_nerfstudio.data.mad_dataset import load_rgb
 from pad_nerfstudio.data.mad_layout import read_true_poses
+from pad_nerfstudio.inspection import Inspection
 from pad_nerfstudio.pose.se3 import rotation_error_deg
 from pad_nerfstudio.viewer.anomaly_output import anomaly_output
 from pad_nerfstudio.viewer.display import heatmap_range, inspection_image, png_data_url, result_markdown
@@ -60,8 +61,26 @@ from pad_nerfstudio.viewer.scene import (
     vertical_fov,
 )
 
-if TYPE_CHECKING:  # the pipeline imports this module
-    from pad_nerfstudio.pipeline import Inspection, OmniposePipeline
+
+class Inspector(Protocol):
+    """What the panel needs of the pipeline that owns it (`OmniposePipeline`), named here so that this module
+    does not import the pipeline (which imports this module to build the panel)."""
+
+    test_mode: str
+    model: Any
+    """The field: trained or not (`training`), and the hook for viewer renders (`extra_outputs`)."""
+
+    def inspect(self, query_image: Tensor) -> Inspection: ...
+
+    def test_queries(self) -> Any: ...
+
+    def detector(self) -> Tuple[Any, Any]:
+        """(pose estimator, anomaly scorer): the estimator's ``image_size``, ``query_intrinsics`` and ``centre``
+        place the query's camera; the scorer paints the anomaly output of viewer renders."""
+        ...
+
+    def reset_detector(self) -> None: ...
+
 
 __all__ = ["InspectionPanel", "QuerySource", "InspectionResult", "MIN_TRAINING_STEPS"]
 
@@ -111,7 +130,7 @@ class InspectionPanel(nn.Module):
         pipeline: the pipeline to inspect with (held weakly: the pipeline owns the panel).
     """
 
-    def __init__(self, pipeline: OmniposePipeline) -> None:
+    def __init__(self, pipeline: Inspector) -> None:
         super().__init__()
         self._pipeline_ref = weakref.ref(pipeline)
         self._sources: Dict[str, QuerySource] = {}
@@ -179,7 +198,7 @@ class InspectionPanel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ actions
     @property
-    def _pipeline(self) -> OmniposePipeline:
+    def _pipeline(self) -> Inspector:
         # Private on purpose: nerfstudio's viewer recurses into every public nn.Module attribute, and the pipeline
         # holds this panel (infinite recursion).
         pipeline = self._pipeline_ref()
@@ -445,7 +464,7 @@ class InspectionPanel(nn.Module):
     def _trainer(self) -> Optional[Any]:
         return getattr(getattr(self.viewer_control, "viewer", None), "trainer", None)
 
-    def _read_test_queries(self, pipeline: OmniposePipeline) -> List[str]:
+    def _read_test_queries(self, pipeline: Inspector) -> List[str]:
         """Fill the dropdown's sources from the test split; an empty list when the class has no usable test split."""
         try:
             queries = pipeline.test_queries()
