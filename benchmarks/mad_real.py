@@ -33,6 +33,7 @@ COLUMNS = {
     "registered": ("posed photos", "{:.0%}"),
     "sfm_rotation_deg_median": ("SfM rot. median °", "{:.3f}"),
     "sfm_centre_error_median": ("SfM centre err.", "{:.2%}"),
+    "sfm_misplaced": ("posed > 2° off", "{:.1f}"),
     "mask_iou_mean": ("mask IoU", "{:.3f}"),
     "image_auroc": ("image AUROC", "{:.3f}"),
     "image_auroc_Burrs": ("Burrs", "{:.3f}"),
@@ -98,7 +99,7 @@ def prepare_sfm(source: Path, target: Path) -> Dict[str, Any]:
         ious.append(mask_iou(predicted, np.asarray(Image.open(source / "truth" / "train_masks" / f"{stem}.png")) > 127))
 
     # Query poses are measured in the reconstruction's frame: map the true ones there.
-    scale, rotation, translation = align_similarity(estimated[:, :3, 3], true[:, :3, 3])
+    scale, rotation, translation = align_similarity(estimated[errors["inlier"], :3, 3], true[errors["inlier"], :3, 3])
     test_poses = json.loads((source / "test_poses.json").read_text())
     for name, pose in test_poses.items():
         pose = np.asarray(pose)
@@ -112,6 +113,8 @@ def prepare_sfm(source: Path, target: Path) -> Dict[str, Any]:
         "registered": summary["registered"] / summary["photos"],
         "sfm_rotation_deg_median": float(np.median(errors["rotation_deg"])),
         "sfm_rotation_deg_max": float(np.max(errors["rotation_deg"])),
+        "sfm_misplaced": int((errors["rotation_deg"] > 2.0).sum()),
+        "sfm_left_out": len(summary["misplaced"]),
         "sfm_centre_error_median": float(np.median(errors["centre_fraction"])),
         "sfm_reprojection_px": summary["mean_reprojection_error_px"],
         "mask_iou_mean": float(np.mean(ious)),

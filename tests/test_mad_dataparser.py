@@ -118,7 +118,7 @@ def test_nerfstudio_format_with_per_frame_intrinsics(tmp_path):
 def test_missing_transforms_explains_how_to_get_poses(tmp_path):
     class_dir = make_mad_class(tmp_path)
     (class_dir / "transforms.json").unlink()
-    with pytest.raises(MADFormatError, match=r"transforms.json not found.*posed.*ns-process-data"):
+    with pytest.raises(MADFormatError, match=r"transforms.json not found.*posed.*pad-poses"):
         parse(class_dir)
 
 

@@ -70,6 +70,13 @@ def test_similarity_alignment_recovers_scale_rotation_translation_and_measures_e
     assert errors["rotation_deg"][0] == pytest.approx(0.5, abs=1e-3)
     assert np.all(errors["rotation_deg"][1:] < 1e-6)
 
+    # One camera placed on the wrong side does not tilt the comparison of the others.
+    misplaced = poses.copy()
+    misplaced[3, :3, 3] *= -3.0
+    errors = pose_errors_after_alignment(misplaced, poses)
+    assert not errors["inlier"][3] and errors["inlier"].sum() == len(poses) - 1
+    assert np.delete(errors["centre_fraction"], 3).max() < 1e-9 and errors["centre_fraction"][3] > 1.0
+
 
 def test_ground_plane_ignores_walls_and_clutter():
     rng = np.random.default_rng(2)
@@ -185,7 +192,7 @@ def test_pad_poses_recovers_a_handheld_capture(handheld_class, tmp_path):
         f["file_path"]: f["transform_matrix"]
         for f in json.loads((handheld_class / "truth" / "transforms.json").read_text())["frames"]
     }
-    assert written["pad_poses"]["registered"] >= 28
+    assert written["pad_poses"]["registered"] >= 28 and written["pad_poses"]["misplaced"] == []
     estimated = np.stack([f["transform_matrix"] for f in written["frames"]])
     errors = pose_errors_after_alignment(estimated, np.stack([truth[f["file_path"]] for f in written["frames"]]))
     assert np.median(errors["rotation_deg"]) < 0.5 and np.median(errors["centre_fraction"]) < 0.01

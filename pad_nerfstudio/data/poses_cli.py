@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate camera poses of a class's unposed training photos (structure from motion with "
         "pycolmap) and the object's masks, and write the class's transforms.json.",
     )
-    parser.add_argument("class_dir", type=Path, help="class folder with train/good/<photos> (and test/ for queries)")
+    parser.add_argument(
+        "class_dir",
+        type=Path,
+        help="class folder with train/good/<photos> (and test/ for queries); mad-real/gorilla finds mad-real/01Gorilla",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing transforms.json and masks")
     parser.add_argument(
         "--masks",
@@ -65,15 +69,15 @@ def estimate_class_poses(
     min_registered: float = 0.8,
     progress: bool = True,
 ) -> dict:
-    """Pose (and mask) one class folder in place; returns the summary that is also stored in transforms.json.
+    """Pose (and mask) one class folder in place; returns the summary stored in transforms.json (plus its path).
 
     Raises :class:`~pad_nerfstudio.data.sfm.SfMError` (too few photos posed), ``FileExistsError`` (already posed,
     without ``force``) or :class:`~pad_nerfstudio.data.mad_layout.MADFormatError` (no photos).
     """
-    from pad_nerfstudio.data.mad_layout import MADFormatError, natural_key
-    from pad_nerfstudio.data.sfm import SfMError, reconstruct, write_ply
+    from pad_nerfstudio.data.mad_layout import MADFormatError, natural_key, resolve_class_dir
+    from pad_nerfstudio.data.sfm import reconstruct, write_ply
 
-    class_dir = Path(class_dir)
+    class_dir = resolve_class_dir(Path(class_dir))  # also "mad-real/gorilla" for mad-real/01Gorilla
     photo_dir = class_dir / "train" / "good"
     photos = sorted((p for p in photo_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
     if len(photos) < 3:
@@ -94,51 +98,62 @@ def estimate_class_poses(
             with Image.open(photos[0]) as first:
                 focal = 0.5 * first.size[0] / math.tan(0.5 * camera_angle_x)
         result = reconstruct(class_dir, names, camera_model=camera_model, focal_length=focal, on_stage=bar.update)
-        registered = len(result.names) / len(names)
-        if registered < min_registered:
-            listed = ", ".join(result.unregistered[:10]) + (" ..." if len(result.unregistered) > 10 else "")
-            raise SfMError(
-                f"Only {len(result.names)} of {len(names)} photos got a pose "
-                f"({registered:.0%} < {min_registered:.0%}); "
-                f"not posed: {listed}. Retake them with more overlap with their neighbours (10-15 degrees apart), "
-                "sharp, with the backdrop's texture in view, or remove them and run pad-poses again (or lower "
-                "--min-registered)."
-            )
-        masks_written = []
+        _check_registered(result.names, result.unregistered, len(names), min_registered)
         with tempfile.TemporaryDirectory(prefix=".pad-poses-", dir=class_dir) as staging:
             staging = Path(staging)
+            misplaced: list[str] = []
             if masks == "auto":
-                masks_written = _write_masks(class_dir, result, staging / "masks", bar.update)
+                misplaced = _write_masks(class_dir, result, staging / "masks", bar.update)
+            kept = [(name, pose) for name, pose in zip(result.names, result.camera_to_worlds) if name not in misplaced]
+            _check_registered([name for name, _ in kept], result.unregistered + misplaced, len(names), min_registered)
             summary = {
-                "registered": len(result.names),
+                "registered": len(kept),
                 "photos": len(names),
                 "unregistered": result.unregistered,
+                "misplaced": misplaced,
                 "mean_reprojection_error_px": round(result.mean_reprojection_error, 4),
                 "ground_height": None if result.ground_height is None else round(result.ground_height, 6),
                 "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
             }
             summary["seconds"]["total"] = round(time.perf_counter() - started, 2)
             frames = []
-            for name, pose in zip(result.names, result.camera_to_worlds):
+            for name, pose in kept:
                 frame = {"file_path": name, "transform_matrix": pose.tolist()}
-                if masks_written:
+                if masks == "auto":
                     frame["mask_path"] = f"{MASK_FOLDER}/{Path(name).stem}.png"
                 frames.append(frame)
             write_ply(staging / SPARSE_POINTS, result.points)
             content = {**result.intrinsics, "ply_file_path": SPARSE_POINTS, "frames": frames, "pad_poses": summary}
             (staging / TRANSFORMS).write_text(json.dumps(content, indent=2))
             # Everything is complete: move it into place (masks first, so transforms.json never names missing ones).
-            if masks_written:
+            if masks == "auto":
                 target = class_dir / MASK_FOLDER
                 if target.exists():
                     shutil.rmtree(target)
                 shutil.move(str(staging / "masks"), target)
             (staging / SPARSE_POINTS).replace(class_dir / SPARSE_POINTS)
             (staging / TRANSFORMS).replace(transforms)
-    return summary
+    return {**summary, "transforms": str(transforms)}
 
 
-def _write_masks(class_dir: Path, result, out: Path, report) -> list[Path]:
+def _check_registered(posed: list[str], not_posed: list[str], photos: int, min_registered: float) -> None:
+    """Refuse, naming the photos, when too few of them have a usable pose."""
+    from pad_nerfstudio.data.sfm import SfMError
+
+    if len(posed) >= min_registered * photos:
+        return
+    listed = ", ".join(not_posed[:10]) + (" ..." if len(not_posed) > 10 else "")
+    raise SfMError(
+        f"Only {len(posed)} of {photos} photos got a pose ({len(posed) / photos:.0%} < {min_registered:.0%}); "
+        f"not posed: {listed}. Retake them with more overlap with their neighbours (10-15 degrees apart), sharp, "
+        "with the backdrop's texture in view, or remove them and run pad-poses again (or lower --min-registered)."
+    )
+
+
+def _write_masks(class_dir: Path, result, out: Path, report) -> list[str]:
+    """Write the object masks of the posed photos into ``out``; returns the photos left out because their pose
+    disagrees with the others' (structure from motion placed them wrongly; they would teach the field a wrong
+    view)."""
     from PIL import Image
 
     from pad_nerfstudio.data.mad_dataset import load_rgb
@@ -149,9 +164,9 @@ def _write_masks(class_dir: Path, result, out: Path, report) -> list[Path]:
     k = result.intrinsics
     camera = np.array([k["fl_x"], k["fl_y"], k["cx"], k["cy"]])
     cameras = [Intrinsics(k["fl_x"], k["fl_y"], k["cx"], k["cy"], k["w"], k["h"])] * len(images)
-    _, radius = object_sphere(result.camera_to_worlds, cameras)
     # The sphere every camera sees is centred where they look, which normalisation made the origin.
-    masks = automatic_masks(
+    _, radius = object_sphere(result.camera_to_worlds, cameras)
+    found = automatic_masks(
         images,
         result.camera_to_worlds,
         np.repeat(camera[None], len(images), axis=0),
@@ -160,13 +175,12 @@ def _write_masks(class_dir: Path, result, out: Path, report) -> list[Path]:
         result.points,
         on_progress=lambda done, total: report("masks", done, total),
     )
+    misplaced = [result.names[index] for index in found.misplaced()]
     out.mkdir(parents=True)
-    paths = []
-    for name, mask in zip(result.names, masks):
-        path = out / f"{Path(name).stem}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
-        paths.append(path)
-    return paths
+    for name, mask in zip(result.names, found.masks):
+        if name not in misplaced:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{Path(name).stem}.png")
+    return misplaced
 
 
 class _Progress:
@@ -218,17 +232,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pad-poses: interrupted; nothing was written", file=sys.stderr)
         return 130
+    if summary["misplaced"]:
+        print(
+            f"pad-poses: left out {len(summary['misplaced'])} photos whose pose disagrees with the others' view of "
+            f"the object: {', '.join(summary['misplaced'])}"
+        )
     print(
         f"pad-poses: {summary['registered']}/{summary['photos']} photos posed, mean reprojection error "
         f"{summary['mean_reprojection_error_px']:.2f} px, {summary['seconds']['total']:.0f} s -> "
-        f"{args.class_dir / TRANSFORMS}"
+        f"{summary['transforms']}"
     )
     return 0
 
 
 def entrypoint() -> None:
-    """Console-script entry point (``pad-poses``)."""
-    sys.exit(main())
+    """Console-script entry point (``pad-poses``); ``PAD_DEBUG=1`` shows tracebacks instead of one-line errors."""
+    from pad_nerfstudio.cli_errors import user_errors
+
+    with user_errors("pad-poses"):
+        sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -292,21 +292,24 @@ def align_similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.
 
 def pose_errors_after_alignment(estimated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per-camera rotation error (degrees) and centre error (fraction of the camera's distance from the scene
-    centre) of estimated camera-to-worlds (N, 4, 4) after the best similarity onto the true ones."""
-    scale, rotation, translation = align_similarity(estimated[:, :3, 3], truth[:, :3, 3])
-    centres = scale * estimated[:, :3, 3] @ rotation.T + translation
+    centre) of estimated camera-to-worlds (N, 4, 4) after the best similarity onto the true ones.
+
+    The similarity is fitted robustly: cameras whose centre lands more than 5 times the median error (and over
+    1 % of the distance) away are left out of the next fit, twice, so one camera placed wildly wrong does not
+    tilt the comparison of all the others. ``inlier`` says which cameras the final fit used.
+    """
+    distance = np.linalg.norm(truth[:, :3, 3] - look_at_point(truth), axis=1)
+    inlier = np.ones(len(estimated), dtype=bool)
+    for _ in range(3):
+        scale, rotation, translation = align_similarity(estimated[inlier, :3, 3], truth[inlier, :3, 3])
+        centres = scale * estimated[:, :3, 3] @ rotation.T + translation
+        centre_error = np.linalg.norm(centres - truth[:, :3, 3], axis=1) / distance
+        inlier = centre_error <= max(5.0 * float(np.median(centre_error[inlier])), 0.01)
     rotations = rotation @ estimated[:, :3, :3]
     relative = np.einsum("nji,njk->nik", rotations, truth[:, :3, :3])
-    distance = np.linalg.norm(truth[:, :3, 3] - look_at_point(truth), axis=1)
     return {
         # Rotation vectors rather than arccos of the trace: exact for the hundredths of a degree that matter here.
         "rotation_deg": np.degrees(Rotation.from_matrix(relative).magnitude()),
-        "centre_fraction": np.linalg.norm(centres - truth[:, :3, 3], axis=1) / distance,
+        "centre_fraction": centre_error,
+        "inlier": inlier,
     }
-
-
-def write_ply(path: Path, points: np.ndarray) -> None:
-    """Points (N, 3) as an ASCII PLY (what nerfstudio's ``ply_file_path`` names: the sparse point cloud)."""
-    properties = "".join(f"property float {axis}\n" for axis in "xyz")
-    header = f"ply\nformat ascii 1.0\nelement vertex {len(points)}\n{properties}end_header\n"
-    Path(path).write_text(header + "".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points))
