@@ -85,3 +85,17 @@ def test_pose_gradients_are_finite_and_nonzero(tiny_scene):
     # autograd.grad, not backward(): the shared model's parameters get no gradients
     (gradient,) = torch.autograd.grad(((result["rgb"] - target) ** 2).mean(), correction)
     assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
+
+def test_total_variation_is_zero_for_smooth_grids_and_matches_its_definition():
+    from pad_nerfstudio.field.field import VectorMatrixGrid
+
+    grid = VectorMatrixGrid((4, 8), components=2)
+    with torch.no_grad():
+        grid.planes[-1].fill_(0.3)
+        grid.lines[-1].fill_(-1.0)
+    assert float(grid.total_variation()) == 0.0
+    with torch.no_grad():
+        grid.planes[-1][0, 0, 3, 5] = 1.3  # one cell off by 1: two differences of 1 along each plane axis
+    pairs = 3 * 2 * 7 * 8  # neighbour pairs along one axis of the (3, 2, 8, 8) planes
+    assert float(grid.total_variation()) == pytest.approx(2 / pairs + 2 / pairs)

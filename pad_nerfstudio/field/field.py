@@ -48,6 +48,16 @@ class VectorMatrixGrid(nn.Module):
             features = features + plane_features * line_features  # 3 c 1 n
         return features.reshape(self.out_dim, -1).t()
 
+    def total_variation(self) -> Tensor:
+        """Mean squared difference between neighbouring cells of the fine planes and lines: a smoothness prior
+        for sparse views, where a cell seen by few rays would otherwise stay noisy."""
+        plane, line = self.planes[-1], self.lines[-1]
+        return (
+            (plane[..., 1:, :] - plane[..., :-1, :]).pow(2).mean()
+            + (plane[..., :, 1:] - plane[..., :, :-1]).pow(2).mean()
+            + (line[..., 1:, :] - line[..., :-1, :]).pow(2).mean()
+        )
+
     def l1(self) -> Tensor:
         """Mean absolute value of the fine planes: a sparsity prior that clears floaters."""
         return self.planes[-1].abs().mean() + self.lines[-1].abs().mean()

@@ -69,6 +69,9 @@ class OmniposeModelConfig(ModelConfig):
     surfaces render better and, after early termination, cost fewer samples."""
     density_l1: float = 1e-5
     """Weight of the L1 sparsity prior on the fine density grid."""
+    total_variation: float = 0.0
+    """Weight of the total-variation prior on the fine density and colour grids (a sparse-view regulariser, as in
+    TensoRF's few-view setting); 0 disables it."""
     eval_rays_per_chunk: int = 1 << 14
     """Rays rendered at once when rendering whole images."""
 
@@ -269,6 +272,9 @@ class OmniposeModel(Model):
             losses["distortion_loss"] = self.config.distortion_loss_mult * outputs["distortion"].mean()
         if self.config.density_l1 > 0:
             losses["density_l1"] = self.config.density_l1 * self.field.density_grid.l1()
+        if getattr(self.config, "total_variation", 0.0) > 0:  # configs saved before the option lack it
+            variation = self.field.density_grid.total_variation() + 0.1 * self.field.colour_grid.total_variation()
+            losses["total_variation"] = self.config.total_variation * variation
         if self.training and self.appearance is not None:
             losses["appearance_prior"] = self.config.appearance_regulariser * self.appearance.regulariser()
         return losses
