@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
-import timm
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
@@ -201,6 +200,8 @@ def _create_hub_model(name: str, out_indices: Tuple[int, ...], cfg: dict) -> nn.
             f"load_backbone('tf_efficientnet_lite0', weights='auto') (package '{LITE0_PACKAGE}')."
         )
     try:
+        import timm
+
         return timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
     except Exception as err:
         raise BackboneWeightsError(
@@ -251,6 +252,8 @@ def load_backbone(
     """
     out_indices = tuple(int(i) for i in out_indices)
     try:
+        import timm  # here, not at the top: timm imports wandb, seconds of every ns-train/ns-eval start-up
+
         model = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
     except Exception as err:
         raise ValueError(f"Cannot build timm model '{name}' with out_indices={out_indices}: {err}") from err
