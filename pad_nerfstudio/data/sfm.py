@@ -313,3 +313,10 @@ def pose_errors_after_alignment(estimated: np.ndarray, truth: np.ndarray) -> dic
         "centre_fraction": centre_error,
         "inlier": inlier,
     }
+
+
+def write_ply(path: Path, points: np.ndarray) -> None:
+    """Points (N, 3) as an ASCII PLY (what nerfstudio's ``ply_file_path`` names: the sparse point cloud)."""
+    properties = "".join(f"property float {axis}\n" for axis in "xyz")
+    header = f"ply\nformat ascii 1.0\nelement vertex {len(points)}\n{properties}end_header\n"
+    Path(path).write_text(header + "".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points))
