@@ -108,7 +108,7 @@ _real_create_model = timm.create_model
 def empty_hub_cache(tmp_path, monkeypatch):
     hub_dir = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.setattr(backbone_module.timm, "create_model", _fail_if_downloading)
+    monkeypatch.setattr(timm, "create_model", _fail_if_downloading)  # backbone imports timm when it builds
     yield
     torch.hub.set_dir(hub_dir)
 
