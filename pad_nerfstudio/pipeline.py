@@ -186,9 +186,10 @@ class OmniposePipeline(VanillaPipeline):
         if self._on_backdrop:
             # Cut the object out along its rendered silhouette, then fit again on the cut-out: the field knows
             # only the object on white, so the backdrop must not pull on the pose or reach the comparison.
-            object_mask = self.segment_query(query, camera_to_world, self.config.backdrop_band_coarse)
-            camera_to_world, refit = estimator.refine(_on_white(query, object_mask), [camera_to_world])
-            diagnostics.update(backdrop_first_pose=diagnostics.get("pnp_pose"), score=refit["score"])
+            first_pose = camera_to_world
+            object_mask = self.segment_query(query, first_pose, self.config.backdrop_band_coarse)
+            camera_to_world, refit = estimator.refine(_on_white(query, object_mask), [first_pose])
+            diagnostics.update(pose_before_cut_out=first_pose, score=refit["score"])
             object_mask = self.segment_query(query, camera_to_world, self.config.backdrop_band)
             query = _on_white(query, object_mask)
         seconds["pose"] = time.perf_counter() - clock
