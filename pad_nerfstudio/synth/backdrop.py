@@ -20,7 +20,16 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, pixel_directions
-from pad_nerfstudio.synth.raycast import AMBIENT, LIGHTS, Hits, Scene, ShadowMaps, _cylinder_bounds, _geometry_key
+from pad_nerfstudio.synth.raycast import (
+    AMBIENT,
+    LIGHTS,
+    Hits,
+    Scene,
+    ShadowMaps,
+    _cylinder_bounds,
+    _geometry_key,
+    cached,
+)
 
 BACKDROP_SUPERSAMPLE = 2
 """Samples per pixel side at which the backdrop is evaluated at most: its smooth texture needs less anti-aliasing
@@ -351,15 +360,7 @@ def contact_occlusion(scene: Scene, ground_z: float) -> ContactOcclusion:
     """The contact shadow of ``scene`` on a table at ``ground_z`` (cached per geometry, like the shadow maps):
     geometry close above the table darkens the light around and under it (``CONTACT_SHADOW``)."""
     key = hashlib.blake2b(_geometry_key(scene) + np.float64(ground_z).tobytes(), digest_size=16).digest()
-    occlusion = _CONTACT_CACHE.get(key)
-    if occlusion is None:
-        occlusion = _contact_occlusion(scene, ground_z)
-        _CONTACT_CACHE[key] = occlusion
-        if len(_CONTACT_CACHE) > _CONTACT_CACHE_SIZE:
-            _CONTACT_CACHE.popitem(last=False)
-    else:
-        _CONTACT_CACHE.move_to_end(key)
-    return occlusion
+    return cached(_CONTACT_CACHE, key, _CONTACT_CACHE_SIZE, lambda: _contact_occlusion(scene, ground_z))
 
 
 def _contact_occlusion(scene: Scene, ground_z: float) -> ContactOcclusion:

@@ -503,16 +503,20 @@ def shadow_maps(scene: Scene) -> ShadowMaps:
         >>> hits = trace(scene, c2w, 64, shadows=shadow_maps(scene))
         >>> hits.lit  # (M, 2) fraction of each light reaching the hits
     """
-    key = _geometry_key(scene)
-    maps = _SHADOW_CACHE.get(key)
-    if maps is None:
-        maps = _trace_shadow_maps(scene)
-        _SHADOW_CACHE[key] = maps
-        if len(_SHADOW_CACHE) > _SHADOW_CACHE_SIZE:
-            _SHADOW_CACHE.popitem(last=False)
+    return cached(_SHADOW_CACHE, _geometry_key(scene), _SHADOW_CACHE_SIZE, lambda: _trace_shadow_maps(scene))
+
+
+def cached(cache: OrderedDict, key: bytes, size: int, build):
+    """``cache[key]``, built with ``build()`` when missing; the least recently used of more than ``size`` entries
+    is dropped (the per-geometry caches of shadow maps and contact shadows)."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = build()
+        if len(cache) > size:
+            cache.popitem(last=False)
     else:
-        _SHADOW_CACHE.move_to_end(key)
-    return maps
+        cache.move_to_end(key)
+    return value
 
 
 def _trace_shadow_maps(scene: Scene) -> ShadowMaps:
