@@ -182,16 +182,14 @@ class OmniposePipeline(VanillaPipeline):
 
         clock = time.perf_counter()
         camera_to_world, diagnostics = estimator.estimate_pose(query, on_backdrop=self._on_backdrop)
-        object_mask = None
         if self._on_backdrop:
             # Cut the object out along its rendered silhouette, then fit again on the cut-out: the field knows
             # only the object on white, so the backdrop must not pull on the pose or reach the comparison.
             first_pose = camera_to_world
-            object_mask = self.segment_query(query, first_pose, self.config.backdrop_band_coarse)
-            camera_to_world, refit = estimator.refine(_on_white(query, object_mask), [first_pose])
+            _, accumulation = self.render_reference(first_pose, query.shape[1], query.shape[0], True)
+            cut_out = _on_white(query, self.segment_query(query, accumulation, self.config.backdrop_band_coarse))
+            camera_to_world, refit = estimator.refine(cut_out, [first_pose])
             diagnostics.update(pose_before_cut_out=first_pose, score=refit["score"])
-            object_mask = self.segment_query(query, camera_to_world, self.config.backdrop_band)
-            query = _on_white(query, object_mask)
         seconds["pose"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -199,11 +197,13 @@ class OmniposePipeline(VanillaPipeline):
         seconds["render"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
+        if self._on_backdrop:  # the reference's silhouette cuts the query out for scoring
+            query = _on_white(query, self.segment_query(query, accumulation, self.config.backdrop_band))
         colour_transform = identity_transform()
         if self.config.scorer.colour_fit:
             reference, colour_transform = match_colours(reference, query)
         maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None])
-        if object_mask is not None:
+        if self._on_backdrop:
             maps, scores = self._only_near_object(maps, accumulation)
         seconds["score"] = time.perf_counter() - clock
         diagnostics.pop("reference", None)  # a rendering at the pre-refinement pose; ours supersedes it
@@ -211,11 +211,10 @@ class OmniposePipeline(VanillaPipeline):
             camera_to_world, reference, maps[0].cpu(), float(scores[0]), diagnostics, colour_transform, seconds
         )
 
-    def segment_query(self, query: Float[Tensor, "H W 3"], camera_to_world: Tensor, band: float) -> np.ndarray:
-        """Object mask of a query photographed on a backdrop, from the field's silhouette at ``camera_to_world``;
-        ``band`` (fraction of the longer side) is how far the outline may be off."""
+    def segment_query(self, query: Float[Tensor, "H W 3"], accumulation: Tensor, band: float) -> np.ndarray:
+        """Object mask of a query photographed on a backdrop, from the field's opacity rendered at its estimated
+        pose (at the query's size); ``band`` (fraction of the longer side) is how far the outline may be off."""
         height, width = query.shape[:2]
-        _, accumulation = self.render_reference(camera_to_world, width, height, True)
         photo = (query.numpy() * 255.0).round().astype(np.uint8)
         return segment_object(photo, accumulation.numpy() > 0.5, max(2, round(band * max(width, height))))
 
