@@ -26,21 +26,21 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
-from runs import evaluate_run, numeric, train_lite
+from runs import evaluate_run, markdown_table, numeric, train_lite
 
 from pad_nerfstudio.synth.generate import resolve_class_names
 
 COLUMNS = {
-    "image_auroc": "image AUROC",
-    "image_auroc_Burrs": "Burrs",
-    "image_auroc_Missing": "Missing",
-    "image_auroc_Stains": "Stains",
-    "pixel_auroc": "pixel AUROC",
-    "pixel_aupro": "AUPRO",
-    "pose_rot_err_deg_median": "pose median °",
-    "pose_rot_err_deg_p95": "pose p95 °",
-    "train_seconds": "train s",
-    "seconds_per_query": "s / query",
+    "image_auroc": ("image AUROC", "{:.3f}"),
+    "image_auroc_Burrs": ("Burrs", "{:.3f}"),
+    "image_auroc_Missing": ("Missing", "{:.3f}"),
+    "image_auroc_Stains": ("Stains", "{:.3f}"),
+    "pixel_auroc": ("pixel AUROC", "{:.3f}"),
+    "pixel_aupro": ("AUPRO", "{:.3f}"),
+    "pose_rot_err_deg_median": ("pose median °", "{:.3f}"),
+    "pose_rot_err_deg_p95": ("pose p95 °", "{:.3f}"),
+    "train_seconds": ("train s", "{:.0f}"),
+    "seconds_per_query": ("s / query", "{:.1f}"),
 }
 
 
@@ -129,25 +129,6 @@ def run(job: Job) -> Dict[str, Any]:
     return result
 
 
-def table(rows: List[tuple[str, Dict[str, Any]]]) -> str:
-    header = "| run | " + " | ".join(COLUMNS.values()) + " |"
-    lines = [header, "|:---|" + "---:|" * len(COLUMNS)]
-    for name, values in rows:
-        cells = []
-        for key in COLUMNS:
-            value = values.get(key)
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                cells.append("–")
-            elif key.startswith(("image_", "pixel_")):
-                cells.append(f"{value:.3f}")
-            elif key.startswith("pose"):
-                cells.append(f"{value:.3f}")
-            else:
-                cells.append(f"{value:.1f}" if key == "seconds_per_query" else f"{value:.0f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="data, runs and results go here")
@@ -181,8 +162,10 @@ def main() -> None:
     means = [
         (name, {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in COLUMNS}) for name, rs in grouped.items()
     ]
-    summary = table(means)
-    (args.out / "results.md").write_text(f"## Mean over classes\n\n{summary}\n\n## Per class\n\n{table(per_class)}\n")
+    summary = markdown_table(means, COLUMNS)
+    (args.out / "results.md").write_text(
+        f"## Mean over classes\n\n{summary}\n\n## Per class\n\n{markdown_table(per_class, COLUMNS)}\n"
+    )
     print(summary)
     print(f"\nPer-class rows: {args.out / 'results.md'}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-from runs import evaluate_run, numeric, train_lite
+from runs import evaluate_run, markdown_table, numeric, train_lite
 
 from pad_nerfstudio.synth.generate import resolve_class_names
 
@@ -142,18 +142,6 @@ def _frames(path: Path) -> List[dict]:
     return json.loads(path.read_text())["frames"]
 
 
-def table(rows: List[tuple[str, Dict[str, Any]]]) -> str:
-    lines = ["| run | " + " | ".join(title for title, _ in COLUMNS.values()) + " |", "|:---|" + "---:|" * len(COLUMNS)]
-    for name, values in rows:
-        cells = []
-        for key, (_, form) in COLUMNS.items():
-            value = values.get(key)
-            missing = value is None or (isinstance(value, float) and np.isnan(value))
-            cells.append("–" if missing else form.format(value))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="data, runs and results go here")
@@ -194,9 +182,9 @@ def main() -> None:
         (variant, {k: float(np.nanmean([r.get(k, np.nan) for r in results])) for k in COLUMNS})
         for variant, results in grouped.items()
     ]
-    summary = table(means)
+    summary = markdown_table(means, COLUMNS)
     results = args.out / f"results-{args.size}px-{args.views}views-{args.style}.md"
-    results.write_text(f"## Mean over classes\n\n{summary}\n\n## Per class\n\n{table(per_class)}\n")
+    results.write_text(f"## Mean over classes\n\n{summary}\n\n## Per class\n\n{markdown_table(per_class, COLUMNS)}\n")
     print(summary)
     print(f"\nPer-class rows: {results}")
 

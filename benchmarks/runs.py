@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 def train_lite(
@@ -64,3 +65,20 @@ def evaluate_run(config_path: Path, report_dir: Path, edit: Optional[Callable[[A
 def numeric(metrics: Dict[str, Any]) -> Dict[str, float]:
     """The numbers of a metrics dict (what a result.json keeps)."""
     return {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def markdown_table(
+    rows: List[Tuple[str, Dict[str, Any]]], columns: Dict[str, Tuple[str, str]], first: str = "run"
+) -> str:
+    """A markdown table with one row per (name, values) and one column per ``columns`` key (title, format);
+    missing or NaN values show as "–"."""
+    lines = [f"| {first} | " + " | ".join(title for title, _ in columns.values()) + " |"]
+    lines.append("|:---|" + "---:|" * len(columns))
+    for name, values in rows:
+        cells = []
+        for key, (_, form) in columns.items():
+            value = values.get(key)
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            cells.append("–" if missing else form.format(value))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-from runs import evaluate_run, numeric, train_lite
+from runs import evaluate_run, markdown_table, numeric, train_lite
 
 from pad_nerfstudio.synth.generate import resolve_class_names
 
@@ -62,14 +62,11 @@ def main() -> None:
                     result_path.write_text(json.dumps(result, indent=2))
                 rows.setdefault(f"{views} views, {variant}", []).append(result)
 
-    header = "| training views | " + " | ".join(title for title, _ in COLUMNS.values()) + " |"
-    lines = [header, "|:---|" + "---:|" * len(COLUMNS)]
-    for label, results in rows.items():
-        cells = [
-            form.format(float(np.nanmean([r.get(k, np.nan) for r in results]))) for k, (_, form) in COLUMNS.items()
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    means = [
+        (label, {k: float(np.nanmean([r.get(k, np.nan) for r in results])) for k in COLUMNS})
+        for label, results in rows.items()
+    ]
+    table = markdown_table(means, COLUMNS, first="training views")
     (args.out / "results.md").write_text(table + "\n")
     print(table)
 
