@@ -27,6 +27,7 @@ from pad_nerfstudio.synth.backdrop import ground_height, object_centre, object_c
 from pad_nerfstudio.synth.cameras import in_frame, look_at, random_handheld_pose, random_test_pose, spherical_position
 from pad_nerfstudio.synth.cli import main as cli_main
 from pad_nerfstudio.synth.defects import render_defect
+from pad_nerfstudio.synth.difficulty import HARD, STANDARD
 from pad_nerfstudio.synth.generate import InvalidOptionError, class_backdrop, handheld_poses
 from pad_nerfstudio.synth.objects import build_brick_animal
 from pad_nerfstudio.synth.raycast import (
@@ -738,3 +739,37 @@ def test_capture_options(tmp_path: Path, monkeypatch, capsys):
     assert received["views"] == 12
     assert cli_main(["--out", str(tmp_path)]) == 0
     assert received["capture"] == "ring"
+
+
+def test_hard_test_poses_roll_further_and_look_off_centre():
+    rng = np.random.default_rng(0)
+    poses = [HARD.test_pose(rng) for _ in range(300)]
+    offsets, rolls = [], []
+    for c2w in poses:
+        eye, backwards = c2w[:3, 3], c2w[:3, 2]
+        along = eye @ backwards  # the point of the optical axis nearest the object centre (the origin)
+        offsets.append(np.linalg.norm(eye - along * backwards))
+        rolls.append(np.degrees(np.arcsin(c2w[2, 0] / np.cos(np.arcsin(c2w[2, 2])))))
+        assert np.allclose(c2w[:3, :3] @ c2w[:3, :3].T, np.eye(3))
+    assert max(offsets) <= 0.05 + 1e-9 and np.mean(offsets) > 0.02  # up to 0.05 off, not all near the centre
+    assert max(np.abs(rolls)) <= 5.0 + 1e-6 and max(np.abs(rolls)) > 4.5
+    # The standard conditions draw exactly what random_test_pose always drew.
+    assert np.array_equal(STANDARD.test_pose(np.random.default_rng(3)), random_test_pose(np.random.default_rng(3)))
+
+
+def test_hard_difficulty_writes_smaller_defects(tmp_path: Path):
+    sizes = {}
+    for difficulty in ("standard", "hard"):
+        generate_dataset(tmp_path / difficulty, classes=["gorilla"], size=128, n_test_good=0, n_test_defect=3, supersample=2,
+                         workers=1, progress=False, difficulty=difficulty)  # fmt: skip
+        masks = sorted((tmp_path / difficulty / CLASS / "ground_truth").glob("*/*.png"))
+        sizes[difficulty] = [int((np.asarray(Image.open(path)) > 0).sum()) for path in masks]
+    assert min(sizes["hard"]) >= 20 and min(sizes["standard"]) >= STANDARD.min_mask_pixels(128)
+    assert np.median(sizes["hard"]) < 0.7 * np.median(sizes["standard"])
+    attributes = json.loads((tmp_path / "hard" / "attributes.json").read_text())[CLASS]
+    assert (
+        attributes["difficulty"] == "hard"
+        and "difficulty" not in json.loads((tmp_path / "standard" / "attributes.json").read_text())[CLASS]
+    )
+    with pytest.raises(InvalidOptionError, match="--difficulty"):
+        generate_dataset(tmp_path / "x", classes=["gorilla"], size=96, difficulty="extreme", progress=False)

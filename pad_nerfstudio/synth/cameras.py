@@ -83,14 +83,16 @@ def training_poses(radius: float = CAMERA_RADIUS) -> np.ndarray:
     )
 
 
-def random_test_pose(rng: np.random.Generator, radius: float = CAMERA_RADIUS) -> np.ndarray:
+def random_test_pose(
+    rng: np.random.Generator, radius: float = CAMERA_RADIUS, roll_max_deg: float = TEST_ROLL_MAX_DEG
+) -> np.ndarray:
     """An off-grid pose: random azimuth and elevation, a small roll, a jittered look-at point and radius.
 
     The jitter is small enough that an object inside a sphere of radius 1.1 stays fully in frame.
     """
     azimuth = rng.uniform(0.0, 360.0)
     elevation = rng.uniform(*TEST_ELEVATION_RANGE_DEG)
-    roll = rng.uniform(-TEST_ROLL_MAX_DEG, TEST_ROLL_MAX_DEG)
+    roll = rng.uniform(-roll_max_deg, roll_max_deg)
     target = np.clip(
         rng.normal(0.0, TEST_LOOK_AT_JITTER, size=3), -2.5 * TEST_LOOK_AT_JITTER, 2.5 * TEST_LOOK_AT_JITTER
     )

@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training views of a --capture handheld class (default {DEFAULT_VIEWS}); not allowed with ring, whose "
         "grid is fixed",
     )
+    parser.add_argument(
+        "--difficulty",
+        choices=("standard", "hard"),
+        default="standard",
+        help="test-view conditions: standard, or hard (roll up to ±5 degrees and the look-at point up to 0.05 off "
+        "the object centre for ring captures; defects at 0.6x the size, from 20 px up)",
+    )
     return parser
 
 
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             style=style,
             capture=args.capture,
             views=DEFAULT_VIEWS if args.views is None else args.views,
+            difficulty=args.difficulty,
         )
     except (FileExistsError, InvalidOptionError) as error:
         print(f"pad-synth: error: {error}", file=sys.stderr)

@@ -17,14 +17,14 @@ object; the fringe test is made on white, so the backdrop never enters a mask.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X, random_test_pose
+from pad_nerfstudio.synth.cameras import CAMERA_ANGLE_X
+from pad_nerfstudio.synth.difficulty import STANDARD, Difficulty
 from pad_nerfstudio.synth.objects import BrickObject
 from pad_nerfstudio.synth.raycast import (
     LAMBERTIAN,
@@ -83,11 +83,6 @@ class DefectView:
     """(H, W, 3) defect-free render from the same pose."""
 
 
-def min_mask_pixels(size: int) -> int:
-    """Smallest accepted mask: 0.1% of the image (40 px at 200 px), never under 4 px."""
-    return max(4, math.ceil(0.001 * size * size))
-
-
 def render_defect(
     kind: str,
     obj: BrickObject,
@@ -99,15 +94,17 @@ def render_defect(
     shading: Shading = LAMBERTIAN,
     backdrop: Backdrop | None = None,
     floor: float | None = None,
+    difficulty: Difficulty = STANDARD,
 ) -> DefectView | None:
     """Draw one defect of ``kind`` visible from ``c2w`` and render it; None when this view offers no place for it.
 
-    ``shading`` and ``backdrop`` (the table and wall behind the object, with the defective object's shadows on it in
-    the image and the intact one's in the reference) apply to the image and its reference alike; they change neither
-    the draws nor the mask. ``floor`` is the height of the table the object stands on: burrs are cut off below it.
+        ``shading`` and ``backdrop`` (the table and wall behind the object, with the defective object's shadows on it in
+        the image and the intact one's in the reference) apply to the image and its reference alike; they change neither
+        the draws nor the mask. ``floor`` is the height of the table the object stands on: burrs are cut off below it.
+    ``difficulty`` scales burrs and stains and sets the smallest brick that Missing may remove.
 
-    Example:
-        >>> view = render_defect("Stains", build_brick_animal("01Gorilla"), c2w, 200, np.random.default_rng(0))
+        Example:
+            >>> view = render_defect("Stains", build_brick_animal("01Gorilla"), c2w, 200, np.random.default_rng(0))
     """
     if kind not in DEFECT_TYPES:
         raise ValueError(f"unknown defect type {kind!r}; expected one of {', '.join(DEFECT_TYPES)}")
@@ -115,11 +112,12 @@ def render_defect(
     shadows = shading.shadow_maps(scene)
     clean = trace(scene, c2w, size, supersample, camera_angle_x, shadows=shadows)
     if kind == "Burrs":
-        result = _burrs(scene, clean, shadows, c2w, size, rng, supersample, camera_angle_x, floor)
+        result = _burrs(scene, clean, shadows, c2w, size, rng, supersample, camera_angle_x, floor, difficulty)
     elif kind == "Missing":
-        result = _missing(obj, clean, shadows, c2w, size, rng, supersample, camera_angle_x)
+        minimum = 1.5 * difficulty.min_mask_pixels(size)
+        result = _missing(obj, clean, shadows, c2w, size, rng, supersample, camera_angle_x, minimum)
     else:
-        result = _stains(scene, clean, shadows, rng)
+        result = _stains(scene, clean, shadows, rng, difficulty)
     if result is None:
         return None
     hits, albedo, defective, touched, defective_scene, defective_shadows = result
@@ -144,10 +142,10 @@ def render_defect(
     return DefectView(image=image, mask=mask, reference=reference)
 
 
-def is_acceptable(view: DefectView, size: int) -> bool:
-    """Large enough (``min_mask_pixels``) and mostly visible (not e.g. a brick hiding an identical one)."""
+def is_acceptable(view: DefectView, size: int, difficulty: Difficulty = STANDARD) -> bool:
+    """Large enough (``difficulty.min_mask_pixels``) and mostly visible (not e.g. a brick hiding an identical one)."""
     mask_pixels = int(view.mask.sum())
-    if mask_pixels < min_mask_pixels(size):
+    if mask_pixels < difficulty.min_mask_pixels(size):
         return False
     changed = np.abs(view.image - view.reference).max(axis=-1) > VISIBLE_CHANGE
     return int((changed & view.mask).sum()) >= MIN_VISIBLE_FRACTION * mask_pixels
@@ -163,20 +161,25 @@ def sample_defect_view(
     shading: Shading = LAMBERTIAN,
     backdrop: Backdrop | None = None,
     floor: float | None = None,
-    pose_sampler: Callable[[np.random.Generator], np.ndarray] = random_test_pose,
+    pose_sampler: Callable[[np.random.Generator], np.ndarray] | None = None,
+    difficulty: Difficulty = STANDARD,
 ) -> tuple[np.ndarray, DefectView]:
-    """Draw test poses (from ``pose_sampler``) and defects until one is acceptable; returns (camera-to-world, view).
+    """Draw test poses and defects until one is acceptable; returns (camera-to-world, view).
 
-    The draws do not depend on ``shading`` or ``backdrop`` except through acceptance, which is judged on the shaded
-    renders. ``backdrop`` and ``floor`` are passed on to :func:`render_defect`.
+    Poses come from ``pose_sampler`` (default: ``difficulty.test_pose``). The draws do not depend on ``shading`` or
+    ``backdrop`` except through acceptance, which is judged on the shaded renders. ``backdrop``, ``floor`` and
+    ``difficulty`` are passed on to :func:`render_defect`.
     """
+    pose_sampler = pose_sampler or difficulty.test_pose
     for _ in range(MAX_ATTEMPTS):
         c2w = pose_sampler(rng)
-        view = render_defect(kind, obj, c2w, size, rng, supersample, camera_angle_x, shading, backdrop, floor)
-        if view is not None and is_acceptable(view, size):
+        view = render_defect(
+            kind, obj, c2w, size, rng, supersample, camera_angle_x, shading, backdrop, floor, difficulty
+        )
+        if view is not None and is_acceptable(view, size, difficulty):
             return c2w, view
     raise RuntimeError(
-        f"could not place a visible {kind} defect of at least {min_mask_pixels(size)} px on {obj.name} in "
+        f"could not place a visible {kind} defect of at least {difficulty.min_mask_pixels(size)} px on {obj.name} in "
         f"{MAX_ATTEMPTS} attempts; the image size ({size} px) is probably too small"
     )
 
@@ -190,7 +193,9 @@ def _facing_samples(hits: Hits, min_cosine: float = 0.35) -> np.ndarray:
     return candidates[cosine > min_cosine]
 
 
-def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x, floor):
+def _burrs(
+    scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x, floor, difficulty
+):
     """Like the other defect helpers: (hits, albedo override or None, defective samples, touched samples, defective
     scene, its shadow maps) or None."""
     candidates = _facing_samples(clean)
@@ -202,7 +207,7 @@ def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, super
     axis = int(np.abs(normal).argmax())
     sign = 1.0 if normal[axis] > 0 else -1.0
     tangents = [a for a in range(3) if a != axis]
-    half = rng.uniform(*BURR_HALF_SIZE)
+    half = rng.uniform(*BURR_HALF_SIZE) * difficulty.defect_scale
     count = int(rng.integers(1, 4))
     lo, hi = np.zeros((count, 3)), np.zeros((count, 3))
     for k in range(count):
@@ -231,12 +236,13 @@ def _burrs(scene, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, super
     return hits, None, burr, burr, burred, shadows
 
 
-def _missing(obj: BrickObject, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x):
+def _missing(
+    obj: BrickObject, clean: Hits, shadows: ShadowMaps | None, c2w, size, rng, supersample, camera_angle_x, minimum
+):
     samples_per_pixel = supersample * supersample
     object_parts = clean.hit_part[clean.hit_part >= 0]
     visible = np.bincount(object_parts, minlength=len(obj.bricks)) / samples_per_pixel
     object_pixels = len(object_parts) / samples_per_pixel
-    minimum = 1.5 * min_mask_pixels(size)
     maximum = max(MAX_MISSING_FRACTION * object_pixels, 2.0 * minimum)
     candidates = np.flatnonzero((visible >= minimum) & (visible <= maximum))
     if len(candidates) == 0:
@@ -255,13 +261,13 @@ def _missing(obj: BrickObject, clean: Hits, shadows: ShadowMaps | None, c2w, siz
     return hits, None, defective, defective, scene, shadows
 
 
-def _stains(scene, clean: Hits, shadows: ShadowMaps | None, rng):
+def _stains(scene, clean: Hits, shadows: ShadowMaps | None, rng, difficulty: Difficulty):
     candidates = _facing_samples(clean)
     if len(candidates) == 0:
         return None
     sample = candidates[rng.integers(len(candidates))]
     centre = clean.points[sample]
-    radius = rng.uniform(*STAIN_RADIUS)
+    radius = rng.uniform(*STAIN_RADIUS) * difficulty.defect_scale
     # A few random plane waves wobble the boundary; a function of the 3D point keeps the stain 3D-consistent.
     waves = rng.normal(size=(3, 3)) * (2.5 / radius)
     phases = rng.uniform(0, 2 * np.pi, size=3)

@@ -60,11 +60,11 @@ from pad_nerfstudio.synth.cameras import (
     CAMERA_ANGLE_X,
     handheld_training_poses,
     random_handheld_pose,
-    random_test_pose,
     training_poses,
 )
 from pad_nerfstudio.synth.capture import CaptureStyle
 from pad_nerfstudio.synth.defects import DEFECT_TYPES, sample_defect_view
+from pad_nerfstudio.synth.difficulty import DIFFICULTIES
 from pad_nerfstudio.synth.objects import PLATE_HEIGHT, ROUND_RADIUS, BrickObject, build_brick_animal, class_seed
 from pad_nerfstudio.synth.raycast import background_for, compose, render, resolve, shade, to_uint8, trace
 
@@ -169,6 +169,7 @@ def generate_dataset(
     style: str | CaptureStyle = "clean",
     capture: str = "ring",
     views: int = DEFAULT_VIEWS,
+    difficulty: str = "standard",
 ) -> list[Path]:
     """Generate MAD-Sim-format classes under ``out`` and return their folders.
 
@@ -176,7 +177,8 @@ def generate_dataset(
     ``workers`` processes render in parallel (default: all CPUs, at most 8); the output does not depend on it.
     ``style`` is a capture style or its name ("clean", "real"; see :func:`resolve_capture_style`).
     ``capture`` is "ring" (210 posed views on white) or "handheld" (``views`` unposed views with a backdrop, true
-    poses and masks in ``truth/``; ``views`` is ignored for "ring").
+    poses and masks in ``truth/``; ``views`` is ignored for "ring"). ``difficulty`` is "standard" or "hard"
+    (:mod:`~pad_nerfstudio.synth.difficulty`: test-camera roll and look-at offset for "ring", defect sizes for both).
 
     Example:
         >>> generate_dataset("/tmp/mad_synth", classes=["gorilla"], size=64, n_test_good=2, n_test_defect=2)
@@ -191,6 +193,8 @@ def generate_dataset(
         raise InvalidOptionError(f"supersample must be at least 1, got {supersample}")
     if capture not in CAPTURES:
         raise InvalidOptionError(f"--capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    if difficulty not in DIFFICULTIES:
+        raise InvalidOptionError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if capture == "handheld" and views < 1:
         raise InvalidOptionError(f"--views must be at least 1, got {views}")
     style = resolve_capture_style(style)
@@ -219,6 +223,7 @@ def generate_dataset(
                 bar=bar,
                 capture=capture,
                 views=views,
+                difficulty=difficulty,
             )
             folders.append(folder)
             images += count
@@ -246,6 +251,7 @@ def _generate_class(
     bar,
     capture: str = "ring",
     views: int = DEFAULT_VIEWS,
+    difficulty: str = "standard",
 ) -> tuple[Path, int]:
     """Render one class into a temporary sibling folder, move it to ``out / name`` and update attributes.json.
 
@@ -267,7 +273,9 @@ def _generate_class(
             *([f"{TRUTH_DIR}/train_masks"] if handheld else []),
         ]:
             (temporary / sub).mkdir(parents=True)
-        job = _ClassJob(name, seed, size, supersample, CAMERA_ANGLE_X, str(temporary), style, capture, views)
+        job = _ClassJob(
+            name, seed, size, supersample, CAMERA_ANGLE_X, str(temporary), style, capture, views, difficulty
+        )
         task_id = bar.add_task(name, total=len(tasks)) if bar is not None else None
         train_stats, test_poses, frames = [], {}, []
         for (kind, index), result in zip(tasks, runner.map(job, tasks), strict=True):
@@ -287,6 +295,8 @@ def _generate_class(
             attributes["capture"] = style.as_dict()
         if handheld:
             attributes["capture"] = {**attributes.get("capture", {}), "kind": "handheld", "views": views}
+        if difficulty != "standard":
+            attributes["difficulty"] = difficulty
         _move_into_place(temporary, target, force)
     except BaseException:
         runner.stop()
@@ -357,6 +367,7 @@ class _ClassJob:
     style: CaptureStyle = CaptureStyle()
     capture: str = "ring"
     views: int = DEFAULT_VIEWS
+    difficulty: str = "standard"
 
 
 @lru_cache(maxsize=4)
@@ -426,11 +437,12 @@ def _render_task(job: _ClassJob, task: tuple[str, int]) -> dict:
             _write_png(directory / TRUTH_DIR / "train_masks" / f"{index}.png", silhouette.astype(np.uint8) * 255)
         return {"pose": c2w.tolist(), **_silhouette_stats(silhouette, image)}
     rng = np.random.default_rng([class_seed(job.seed, job.name), _TASK_STREAMS[kind], index])
+    difficulty = DIFFICULTIES[job.difficulty]
     if handheld:
         centre, corners = _framing(job.name, job.seed)
         pose_sampler = partial(random_handheld_pose, centre=centre, points=corners)
     else:
-        pose_sampler = random_test_pose
+        pose_sampler = difficulty.test_pose
     if kind == "good":
         c2w = pose_sampler(rng)
         image = render(scene, c2w, job.size, job.supersample, job.camera_angle_x, shading, backdrop)
@@ -438,7 +450,17 @@ def _render_task(job: _ClassJob, task: tuple[str, int]) -> dict:
         return {"pose": c2w.tolist()}
     floor = backdrop.ground_z if handheld else None
     c2w, view = sample_defect_view(
-        kind, obj, job.size, rng, job.supersample, job.camera_angle_x, shading, backdrop, floor, pose_sampler
+        kind,
+        obj,
+        job.size,
+        rng,
+        job.supersample,
+        job.camera_angle_x,
+        shading,
+        backdrop,
+        floor,
+        pose_sampler,
+        difficulty,
     )
     write_image(directory / "test" / kind / f"{index}.png", view.image)
     _write_png(directory / "ground_truth" / kind / f"{index}_mask.png", view.mask.astype(np.uint8) * 255)
