@@ -73,6 +73,8 @@ def summarise_records(records: Sequence[QueryRecord], seconds: float, size: int 
             pose_rot_err_deg_p95=float(np.percentile(rotation, 95)),
             pose_trans_err_pct_median=float(np.median(translation)),
             pose_within_2deg=float(np.mean(rotation <= 2.0)),
+            pose_within_quarter_deg=float(np.mean(rotation <= 0.25)),
+            pose_beyond_half_deg=float(np.mean(rotation > 0.5)),
         )
     return results
 
