@@ -134,7 +134,9 @@ def run_class(class_dir: Path, field: str, args, backbone) -> list[dict]:
     truth = read_true_poses(class_dir)  # only for measuring errors
     if not truth:
         raise SystemExit(f"{class_dir} has no test_poses.json: pose accuracy needs pad-synth's true query poses")
-    names = [name for name in sorted(truth) if fnmatch.fnmatch(name, args.match)][:: args.every]
+    # test_poses.json keys have no extension (they match .png and .jpg copies alike): list the images themselves.
+    images = sorted(path.relative_to(class_dir).as_posix() for path in (class_dir / "test").glob("*/*.*"))
+    names = [name for name in images if name in truth and fnmatch.fnmatch(name, args.match)][:: args.every]
     if args.limit:
         names = names[: args.limit]
     rows = []
