@@ -16,6 +16,7 @@ from pad_nerfstudio.data.mad_dataset import load_rgb
 from pad_nerfstudio.data.mad_layout import read_true_poses
 from pad_nerfstudio.field.rays import pixel_rays
 from pad_nerfstudio.pose.alignment import AlignmentConfig, ReferenceView, align_to_reference
+from pad_nerfstudio.pose.matching import PnPHypothesis
 from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig, render_views
 from pad_nerfstudio.pose.retrieval import PoseRetrieval, RetrievalConfig
 from pad_nerfstudio.pose.se3 import (
@@ -31,6 +32,7 @@ from pad_nerfstudio.pose.se3 import (
     rotation_error_deg,
     translation_error_percent,
 )
+from pad_nerfstudio.pose.se3 import orbit as se3_orbit
 from pad_nerfstudio.synth import raycast
 from pad_nerfstudio.synth.cameras import focal_length, look_at, spherical_position
 from pad_nerfstudio.synth.generate import _scene
@@ -38,9 +40,7 @@ from pad_nerfstudio.synth.generate import _scene
 
 def orbit(pose: torch.Tensor, degrees: float, axis=(0.0, 0.0, 1.0)) -> torch.Tensor:
     """The camera moved on its sphere about the world origin (what a wrong nearest view looks like)."""
-    axis = torch.tensor(axis, dtype=torch.float64)
-    rotation = exp_se3(torch.cat([torch.zeros(3, dtype=torch.float64), axis / axis.norm() * math.radians(degrees)]))
-    return rotation[:, :3] @ pose.double()
+    return se3_orbit(pose.double(), torch.tensor(axis), degrees, torch.zeros(3))
 
 
 # ---------------------------------------------------------------------------------------------- SE(3)
@@ -238,6 +238,24 @@ def test_refinement_through_the_field_removes_most_of_a_known_perturbation(estim
     pose_b, diagnostics_b = estimator.refine(query, [far, start])
     assert diagnostics_b["chosen_hypothesis"] == 1
     assert float(rotation_error_deg(pose_b, true_pose)) < 0.25 * before
+
+
+def test_a_wrong_start_is_detected_as_a_bad_fit_and_recovered(estimator, tiny_class, monkeypatch):
+    """Every hypothesis 40° off (as when retrieval and PnP all fail): the fit is far worse than the field's typical
+    fit, so the fine stage restarts from the nearest training views and orbits of the estimate, and wins."""
+    query, true_pose = _query(tiny_class, "test/good/1.png")
+    wrong = orbit(true_pose, 40.0, axis=(0.3, 1.0, 0.2))
+    monkeypatch.setattr(estimator, "_select_hypotheses", lambda _: [PnPHypothesis(wrong.float(), 0, 0, 0)])
+    pose, diagnostics = estimator.estimate_pose(query)
+    assert diagnostics["retried"]
+    assert diagnostics["first_score"] > estimator.config.retry_factor * estimator.typical_score
+    assert float(rotation_error_deg(diagnostics["first_pose"].double(), true_pose)) > 10.0
+    assert diagnostics["score"] < diagnostics["first_score"]
+    recovered = float(rotation_error_deg(pose.double(), true_pose))
+    # About as close as the normal path gets on this 48 px field.
+    monkeypatch.undo()
+    normal_pose, _ = estimator.estimate_pose(query)
+    assert recovered < float(rotation_error_deg(normal_pose.double(), true_pose)) + 0.5
 
 
 def test_estimate_pose_end_to_end_is_deterministic(estimator, tiny_class):

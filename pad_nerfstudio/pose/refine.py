@@ -39,7 +39,7 @@ from pad_nerfstudio.pose.matching import (
     to_gray_uint8,
 )
 from pad_nerfstudio.pose.retrieval import PoseRetrieval, RetrievalConfig
-from pad_nerfstudio.pose.se3 import rotation_error_deg
+from pad_nerfstudio.pose.se3 import orbit, rotation_error_deg
 
 __all__ = ["PoseEstimator", "PoseEstimatorConfig", "render_views"]
 
@@ -100,6 +100,12 @@ class PoseEstimatorConfig(InstantiateConfig):
     """If the final fit is this many times worse than the field's typical fit (measured on training views when
     the estimator is built), the fine stage is run again from the training views nearest to the estimate and
     the better fit is kept: the escape from a local minimum after a wrong start. 0 disables."""
+    retry_orbit_deg: float = 1.0
+    """A poor fit is also restarted from its own estimate orbited by this much about the object centre, up, down,
+    left and right in the image: a pose stuck a degree off sits in a local minimum close by, which training views
+    8 degrees away do not help to leave."""
+    retry_views: int = 2
+    """Nearest untried training views among the restarts of a poor fit (the escape from a wrong start)."""
     calibration_views: int = 6
     """Training views rendered at their own poses to measure the field's typical fit score."""
     min_typical_score: float = 2e-4
@@ -248,9 +254,16 @@ class PoseEstimator:
             if all(float(rotation_error_deg(candidate, other)) > self.config.distinct_deg for other in poses):
                 views.append(view)
                 poses.append(candidate)
-            if len(views) == self.config.hypotheses:
+            if len(views) == self.config.retry_views:
                 break
         return views
+
+    def _orbits(self, pose: Tensor) -> List[Tensor]:
+        """The estimate orbited by ``retry_orbit_deg`` about the object centre along the camera's x and y axes."""
+        if self.config.retry_orbit_deg <= 0:
+            return []
+        axes = [pose[:3, 0], -pose[:3, 0], pose[:3, 1], -pose[:3, 1]]
+        return [orbit(pose.double(), axis, self.config.retry_orbit_deg, self.centre) for axis in axes]
 
     def _select_hypotheses(self, hypotheses: List[PnPHypothesis]) -> List[PnPHypothesis]:
         """Up to ``hypotheses`` candidates, best evidence first, spread over distinct viewpoints.
@@ -308,12 +321,15 @@ class PoseEstimator:
         if diagnostics["score"] > self.config.retry_factor * self.typical_score:
             clock = time.perf_counter()
             retry_views = self._retry_views(pose, [h.camera_to_world for h in chosen] + [pose])
-            retry_pose, retry = self.refine(query, [self.camera_to_worlds[v] for v in retry_views], on_backdrop)
+            starts = self._orbits(pose) + [self.camera_to_worlds[v] for v in retry_views]
+            retry_pose, retry = self.refine(query, starts, on_backdrop)
             diagnostics.update(retried=True, first_score=diagnostics["score"], first_pose=pose)
             if retry["score"] < diagnostics["score"]:
                 pose = retry_pose
                 diagnostics.update({k: retry[k] for k in ("score", "inlier_fraction", "stage_poses", "reference")})
-                diagnostics["chosen_view"] = retry_views[retry["chosen_hypothesis"]]
+                orbits = len(starts) - len(retry_views)
+                chosen_start = retry["chosen_hypothesis"]
+                diagnostics["chosen_view"] = None if chosen_start < orbits else retry_views[chosen_start - orbits]
             seconds["retry"] = time.perf_counter() - clock
         seconds["total"] = sum(seconds.values())
         diagnostics.update(

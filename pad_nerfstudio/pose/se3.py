@@ -10,6 +10,7 @@ keeps the caller's dtype (use float64 when comparing poses to a hundredth of a d
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -143,6 +144,27 @@ def apply_pose_correction(
     if side == "left":
         return compose(delta, camera_to_world[..., :3, :])
     raise ValueError(f"side must be 'right' or 'left', got {side!r}.")
+
+
+def orbit(
+    camera_to_world: Float[Tensor, "3 4"], axis: Float[Tensor, "3"], degrees: float, centre: Float[Tensor, "3"]
+) -> Float[Tensor, "3 4"]:
+    """The camera turned by ``degrees`` about the world ``axis`` through ``centre``: it keeps facing an object there
+    while the object's image moves (an axis along the camera's x or y shifts it, along z rolls it).
+
+    Example:
+        >>> c2w = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4]])
+        >>> orbit(c2w, torch.tensor([1.0, 0, 0]), 90.0, torch.zeros(3))[:, 3].round()  # from +z over to -y
+        tensor([ 0., -4.,  0.])
+    """
+    dtype = camera_to_world.dtype
+    axis = torch.as_tensor(axis, dtype=torch.float64)
+    tangent = torch.cat([torch.zeros(3, dtype=torch.float64), axis / axis.norm() * math.radians(degrees)])
+    rotation = exp_se3(tangent)[:3, :3]
+    pose = camera_to_world[:3, :4].double()
+    centre = torch.as_tensor(centre, dtype=torch.float64).reshape(3)
+    turned = torch.cat([rotation @ pose[:, :3], (rotation @ (pose[:, 3] - centre) + centre)[:, None]], dim=1)
+    return turned.to(dtype)
 
 
 def opengl_to_opencv(camera_to_world: Float[Tensor, "*b 3 4"]) -> Float[Tensor, "*b 3 4"]:
