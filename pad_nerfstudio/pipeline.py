@@ -26,6 +26,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from pad_nerfstudio.anomaly.anomaly_map import AnomalyScorer, AnomalyScorerConfig, image_scores
+from pad_nerfstudio.anomaly.rendering_error import RenderingErrorModel, rendering_cues
 from pad_nerfstudio.anomaly.report import QueryRecord, summarise_records, write_report
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataset import MADDataset
@@ -35,7 +36,7 @@ from pad_nerfstudio.field.appearance import identity_transform, match_colours
 from pad_nerfstudio.field.model import OmniposeModel, OmniposeModelConfig
 from pad_nerfstudio.inspection import Inspection
 from pad_nerfstudio.pose.refine import PoseEstimator, PoseEstimatorConfig
-from pad_nerfstudio.pose.se3 import rotation_error_deg, translation_error_percent
+from pad_nerfstudio.pose.se3 import orbit, rotation_error_deg, translation_error_percent
 from pad_nerfstudio.progress import live_or_plain_progress
 from pad_nerfstudio.viewer import InspectionPanel
 
@@ -61,6 +62,13 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     backdrop_band: float = 0.015
     """The same after the pose was refined on the cut-out object; also how far from the silhouette the anomaly
     map is kept (a defect changes the outline by less, and segmentation errors beyond are no defect)."""
+    rendering_error_views: int = 16
+    """Training views on which the field's own rendering error is measured per image-space cue (silhouette
+    distance, depth and colour edges) when the detector is built; the anomaly map is divided by it where it is
+    above the object's typical error (`anomaly/rendering_error.py`). 0 disables."""
+    rendering_error_pose_deg: float = 0.15
+    """The calibration views are rendered this far (rotation about the object centre, random axis) from their
+    true pose, like a query's estimate is: pose error shows at the same edges as field error."""
     reference_max_side: int = 320
     """The anomaly-free reference is rendered at the query's size up to this many pixels on its longer side
     (then resized to the query's size): scoring compares at the scorer's map size (224), so larger renderings
@@ -88,6 +96,7 @@ class OmniposePipeline(VanillaPipeline):
             CONSOLE.print(f"[bold yellow]{config.startup_note}")
         self._detector: Optional[Tuple[PoseEstimator, AnomalyScorer]] = None
         self._on_backdrop = False  # set with the detector: the training views are photos on a backdrop
+        self._rendering_error: Optional[RenderingErrorModel] = None  # fitted with the detector
         self.inspection = InspectionPanel(self)  # viewer panel (pad_nerfstudio/viewer), found by nerfstudio's viewer
 
     # ----------------------------------------------------------------------------------------------- training
@@ -154,8 +163,33 @@ class OmniposePipeline(VanillaPipeline):
             )
             self._detector = (estimator, scorer)
             self._on_backdrop = views.on_backdrop
+            self._rendering_error = None
+            if self.config.rendering_error_views > 0:
+                self._rendering_error = self._fit_rendering_error(views, images)
             CONSOLE.log(f"Pose index over {len(images)} training views built in {time.perf_counter() - started:.1f} s")
         return self._detector
+
+    def _fit_rendering_error(self, views: MADDataset, images: List[Tensor]) -> RenderingErrorModel:
+        """Measure the scorer's map of defect-free training views against renderings near their poses."""
+        estimator, scorer = self._detector
+        cameras = views.cameras
+        positions = cameras.camera_to_worlds[:, :3, 3].numpy()
+        chosen = spread_subset(positions - positions.mean(0), self.config.rendering_error_views).tolist()
+        generator = torch.Generator().manual_seed(0)
+        maps, cues = [], []
+        for view in chosen:
+            image = images[view]
+            axis = torch.randn(3, generator=generator, dtype=torch.float64)
+            pose = orbit(cameras.camera_to_worlds[view], axis, self.config.rendering_error_pose_deg, estimator.centre)
+            rendering = self.render_reference(pose, image.shape[1], image.shape[0])
+            unsmoothed = scorer.unsmoothed(image.permute(2, 0, 1)[None], rendering["rgb"].permute(2, 0, 1)[None])
+            maps.append(unsmoothed[0].cpu().numpy())
+            size = maps[-1].shape[-1]
+            cues.append(rendering_cues(rendering["rgb"], rendering["depth"], rendering["accumulation"], size))
+        model = RenderingErrorModel.fit(maps, cues)
+        summary = ", ".join(f"{name} {value:.1f}x" for name, value in model.summary().items())
+        CONSOLE.log(f"Rendering error of the field by silhouette distance (vs its interior): {summary}")
+        return model
 
     def reset_detector(self) -> None:
         self._detector = None
@@ -186,14 +220,15 @@ class OmniposePipeline(VanillaPipeline):
             # Cut the object out along its rendered silhouette, then fit again on the cut-out: the field knows
             # only the object on white, so the backdrop must not pull on the pose or reach the comparison.
             first_pose = camera_to_world
-            _, accumulation = self.render_reference(first_pose, query.shape[1], query.shape[0], True)
+            accumulation = self.render_reference(first_pose, query.shape[1], query.shape[0])["accumulation"]
             cut_out = _on_white(query, self.segment_query(query, accumulation, self.config.backdrop_band_coarse))
             camera_to_world, refit = estimator.refine(cut_out, [first_pose])
             diagnostics.update(pose_before_cut_out=first_pose, score=refit["score"])
         seconds["pose"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        reference, accumulation = self.render_reference(camera_to_world, query.shape[1], query.shape[0], True)
+        rendering = self.render_reference(camera_to_world, query.shape[1], query.shape[0])
+        reference, accumulation = rendering["rgb"], rendering["accumulation"]
         seconds["render"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -202,7 +237,11 @@ class OmniposePipeline(VanillaPipeline):
         colour_transform = identity_transform()
         if self.config.scorer.colour_fit:
             reference, colour_transform = match_colours(reference, query)
-        maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None])
+        discount = None
+        if self._rendering_error is not None:
+            cues = rendering_cues(reference, rendering["depth"], accumulation, self.config.scorer.map_size)
+            discount = self._rendering_error.discount(cues)[None]
+        maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None], discount)
         if self._on_backdrop:
             maps, scores = self._only_near_object(maps, accumulation)
         seconds["score"] = time.perf_counter() - clock
@@ -230,11 +269,9 @@ class OmniposePipeline(VanillaPipeline):
         maps = maps * near.to(maps.dtype)
         return maps, image_scores(maps, scorer.config.score_rule, scorer.config.pool_size)
 
-    def render_reference(
-        self, camera_to_world: Float[Tensor, "3 4"], width: int, height: int, with_accumulation: bool = False
-    ) -> Tensor | Tuple[Tensor, Tensor]:
-        """The field's canonical-colour rendering at a query's pose, (height, width, 3) in [0, 1], on the CPU,
-        and with ``with_accumulation`` also its opacity (height, width).
+    def render_reference(self, camera_to_world: Float[Tensor, "3 4"], width: int, height: int) -> Dict[str, Tensor]:
+        """The field's canonical-colour rendering at a query's pose, on the CPU: "rgb" (height, width, 3) in [0, 1],
+        "accumulation" (opacity) and "depth", each (height, width).
 
         Rendered at most ``reference_max_side`` pixels wide or high and resized to (width, height) when larger.
         """
@@ -243,14 +280,13 @@ class OmniposePipeline(VanillaPipeline):
         render_width, render_height = max(8, round(width * scale)), max(8, round(height * scale))
         intrinsics = estimator.query_intrinsics(render_width, render_height).float().to(self.device)
         rendering = self.model.render_image(camera_to_world.to(self.device), intrinsics, render_width, render_height)
-        reference = torch.cat([rendering["rgb"].clamp(0.0, 1.0), rendering["accumulation"]], dim=-1).cpu()
+        channels = [rendering["rgb"].clamp(0.0, 1.0), rendering["accumulation"], rendering["depth"]]
+        reference = torch.cat(channels, dim=-1).cpu()
         if (render_width, render_height) != (width, height):
             reference = F.interpolate(
                 reference.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", align_corners=False
             )[0].permute(1, 2, 0)
-        if with_accumulation:
-            return reference[..., :3], reference[..., 3]
-        return reference[..., :3]
+        return {"rgb": reference[..., :3], "accumulation": reference[..., 3], "depth": reference[..., 4]}
 
     # --------------------------------------------------------------------------------------------- evaluation
     def get_average_eval_image_metrics(

@@ -760,8 +760,8 @@ def test_hard_test_poses_roll_further_and_look_off_centre():
 def test_hard_difficulty_writes_smaller_defects(tmp_path: Path):
     sizes = {}
     for difficulty in ("standard", "hard"):
-        generate_dataset(tmp_path / difficulty, classes=["gorilla"], size=128, n_test_good=0, n_test_defect=3, supersample=2,
-                         workers=1, progress=False, difficulty=difficulty)  # fmt: skip
+        options = dict(size=128, n_test_good=0, n_test_defect=3, supersample=2, workers=1, progress=False)
+        generate_dataset(tmp_path / difficulty, classes=["gorilla"], difficulty=difficulty, **options)
         masks = sorted((tmp_path / difficulty / CLASS / "ground_truth").glob("*/*.png"))
         sizes[difficulty] = [int((np.asarray(Image.open(path)) > 0).sum()) for path in masks]
     assert min(sizes["hard"]) >= 20 and min(sizes["standard"]) >= STANDARD.min_mask_pixels(128)

@@ -397,13 +397,10 @@ class AnomalyScorer(nn.Module):
             out["foreground"] = torch.maximum(foreground_mask(query, *args), foreground_mask(reference, *args))
         return out
 
-    def forward(
+    def unsmoothed(
         self, query: Float[Tensor, "B 3 H W"], reference: Float[Tensor, "B 3 H W"]
-    ) -> Tuple[Float[Tensor, "B S S"], Tensor]:
-        """Anomaly maps (B, map_size, map_size) and image scores (B,) of query images against references.
-
-        Inputs are RGB in [0, 1] (or uint8), any size; query and reference may differ in size.
-        """
+    ) -> Float[Tensor, "B S S"]:
+        """The weighted sum of the terms (masked to the foreground with ``foreground_only``), before smoothing."""
         cfg = self.config
         terms = self.terms(query, reference)
         maps = cfg.rgb_weight * terms["rgb"] if "rgb" in terms else 0.0
@@ -412,5 +409,22 @@ class AnomalyScorer(nn.Module):
         if "foreground" in terms:
             # Masked before smoothing so the map still falls off smoothly at the silhouette.
             maps = maps * terms["foreground"]
-        maps = gaussian_blur(maps, cfg.gaussian_sigma)
-        return maps, image_scores(maps, cfg.score_rule, cfg.pool_size)
+        return maps
+
+    def forward(
+        self,
+        query: Float[Tensor, "B 3 H W"],
+        reference: Float[Tensor, "B 3 H W"],
+        discount: Optional[Float[Tensor, "B S S"]] = None,
+    ) -> Tuple[Float[Tensor, "B S S"], Tensor]:
+        """Anomaly maps (B, map_size, map_size) and image scores (B,) of query images against references.
+
+        Inputs are RGB in [0, 1] (or uint8), any size; query and reference may differ in size. ``discount`` (>= 1
+        per map pixel) divides the map before smoothing: where the reference is known to render poorly
+        (`~pad_nerfstudio.anomaly.rendering_error.RenderingErrorModel`).
+        """
+        maps = self.unsmoothed(query, reference)
+        if discount is not None:
+            maps = maps / discount.to(maps)
+        maps = gaussian_blur(maps, self.config.gaussian_sigma)
+        return maps, image_scores(maps, self.config.score_rule, self.config.pool_size)
