@@ -6,6 +6,7 @@ the same trained field as ns-eval does once per variant, each switching one leve
 what each lever contributes. Prints per-class rows and the mean; finished runs and evaluations are reused.
 
     python benchmarks/hard_conditions.py --out /tmp/hard --classes gorilla,unicorn,mallard --size 160
+    python benchmarks/hard_conditions.py --out /tmp/hard-real --style real   # gloss, shadows, exposure, noise
 """
 
 from __future__ import annotations
@@ -45,10 +46,21 @@ def _normalisation_off(config: Any) -> None:
     config.rendering_error_views = 0
 
 
+def _scoring_at_320(config: Any) -> None:
+    """Compare at 320 px instead of the protocol's 224 (finer feature cells); smoothing and shifts keep their
+    size on the object."""
+    scale = 320 / config.scorer.map_size
+    config.scorer.map_size = 320
+    config.scorer.gaussian_sigma *= scale
+    config.scorer.align_radius = round(config.scorer.align_radius * scale)
+    config.scorer.shift_radius *= scale
+
+
 VARIANTS: Dict[str, Callable[[Any], None] | None] = {
     "default": None,
     "no rendering-error normalisation": _normalisation_off,
     "no bad-fit retry": _retry_off,
+    "scoring at 320 px": _scoring_at_320,
 }
 """Evaluation variants: a name and an edit of the loaded pipeline config (None: as trained)."""
 
@@ -58,6 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/hard-conditions"), help="data, runs and results")
     parser.add_argument("--classes", default="gorilla,unicorn,mallard", help="pad-synth class names")
     parser.add_argument("--size", type=int, default=160, help="image size of the generated classes")
+    parser.add_argument("--style", choices=("clean", "real"), default="clean", help="pad-synth capture style")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--n-test-good", type=int, default=12)
     parser.add_argument("--n-test-defect", type=int, default=12)
@@ -73,7 +86,7 @@ def main() -> None:
     if missing:
         command = [sys.executable, "-m", "pad_nerfstudio.synth.cli", "--out", str(data), "--classes", ",".join(missing)]
         command += ["--size", str(args.size), "--difficulty", "hard", "--n-test-good", str(args.n_test_good)]
-        command += ["--n-test-defect", str(args.n_test_defect), "--workers", "2"]
+        command += ["--n-test-defect", str(args.n_test_defect), "--workers", "2", "--style", args.style]
         subprocess.run(command, check=True)
 
     rows: Dict[str, List[Dict[str, Any]]] = {}

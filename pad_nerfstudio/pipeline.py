@@ -325,9 +325,10 @@ class OmniposePipeline(VanillaPipeline):
                     )
                 )
         elapsed = time.perf_counter() - started
-        results = summarise_records(records, elapsed, size=self.config.scorer.map_size)
+        # The PAD protocol compares maps and masks at 224 px, whatever size the scorer works at.
+        results = summarise_records(records, elapsed)
         if output_path is not None:
-            write_report(Path(output_path), records, results, title=class_dir.name, size=self.config.scorer.map_size)
+            write_report(Path(output_path), records, results, title=class_dir.name)
             CONSOLE.log(f"Anomaly panels, scores.csv, poses.json and curves written to {output_path}")
         return results
 
