@@ -239,7 +239,8 @@ class OmniposePipeline(VanillaPipeline):
             reference, colour_transform = match_colours(reference, query)
         discount = None
         if self._rendering_error is not None:
-            cues = rendering_cues(reference, rendering["depth"], accumulation, self.config.scorer.map_size)
+            # The cues of the rendering as calibrated (before the query's colours were given to it).
+            cues = rendering_cues(rendering["rgb"], rendering["depth"], accumulation, self.config.scorer.map_size)
             discount = self._rendering_error.discount(cues)[None]
         maps, scores = scorer(query.permute(2, 0, 1)[None], reference.permute(2, 0, 1)[None], discount)
         if self._on_backdrop:
