@@ -98,8 +98,8 @@ class PoseEstimatorConfig(InstantiateConfig):
     Alignment still samples the query at its own resolution."""
     retry_factor: float = 3.0
     """If the final fit is this many times worse than the field's typical fit (measured on training views when
-    the estimator is built), the fine stage is run again from the training views nearest to the estimate and
-    the better fit is kept: the escape from a local minimum after a wrong start. 0 disables."""
+    the estimator is built), the fine stage is run again from orbits of the estimate and from the training views
+    nearest to it, and the better fit is kept: the escape from a local minimum or a wrong start. 0 disables."""
     retry_orbit_deg: float = 1.0
     """A poor fit is also restarted from its own estimate orbited by this much about the object centre, up, down,
     left and right in the image: a pose stuck a degree off sits in a local minimum close by, which training views
@@ -250,12 +250,12 @@ class PoseEstimator:
         poses = [t.double() for t in tried]
         views: List[int] = []
         for view in order.tolist():
+            if len(views) >= self.config.retry_views:
+                break
             candidate = self.camera_to_worlds[view]
             if all(float(rotation_error_deg(candidate, other)) > self.config.distinct_deg for other in poses):
                 views.append(view)
                 poses.append(candidate)
-            if len(views) == self.config.retry_views:
-                break
         return views
 
     def _orbits(self, pose: Tensor) -> List[Tensor]:
@@ -318,10 +318,12 @@ class PoseEstimator:
         pose, diagnostics = self.refine(query, [h.camera_to_world for h in chosen], on_backdrop)
         seconds.update(diagnostics.pop("seconds"))
         diagnostics.update(retried=False, chosen_view=chosen[diagnostics["chosen_hypothesis"]].view)
-        if diagnostics["score"] > self.config.retry_factor * self.typical_score:
-            clock = time.perf_counter()
+        clock = time.perf_counter()
+        retry_views, starts = [], []
+        if diagnostics["score"] > self.config.retry_factor * self.typical_score:  # a poor fit: restart
             retry_views = self._retry_views(pose, [h.camera_to_world for h in chosen] + [pose])
             starts = self._orbits(pose) + [self.camera_to_worlds[v] for v in retry_views]
+        if starts:
             retry_pose, retry = self.refine(query, starts, on_backdrop)
             diagnostics.update(retried=True, first_score=diagnostics["score"], first_pose=pose)
             if retry["score"] < diagnostics["score"]:
