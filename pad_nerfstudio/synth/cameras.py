@@ -84,18 +84,28 @@ def training_poses(radius: float = CAMERA_RADIUS) -> np.ndarray:
 
 
 def random_test_pose(
-    rng: np.random.Generator, radius: float = CAMERA_RADIUS, roll_max_deg: float = TEST_ROLL_MAX_DEG
+    rng: np.random.Generator,
+    radius: float = CAMERA_RADIUS,
+    roll_max_deg: float = TEST_ROLL_MAX_DEG,
+    look_at_radius: float | None = None,
 ) -> np.ndarray:
     """An off-grid pose: random azimuth and elevation, a small roll, a jittered look-at point and radius.
 
-    The jitter is small enough that an object inside a sphere of radius 1.1 stays fully in frame.
+    The look-at point is Gaussian (σ ``TEST_LOOK_AT_JITTER``, clipped at 2.5 σ) or, with ``look_at_radius``,
+    uniform in a ball of that radius around the origin. The jitter is small enough that an object inside a sphere
+    of radius 1.1 stays fully in frame.
     """
     azimuth = rng.uniform(0.0, 360.0)
     elevation = rng.uniform(*TEST_ELEVATION_RANGE_DEG)
     roll = rng.uniform(-roll_max_deg, roll_max_deg)
-    target = np.clip(
-        rng.normal(0.0, TEST_LOOK_AT_JITTER, size=3), -2.5 * TEST_LOOK_AT_JITTER, 2.5 * TEST_LOOK_AT_JITTER
-    )
+    if look_at_radius is None:
+        target = np.clip(
+            rng.normal(0.0, TEST_LOOK_AT_JITTER, size=3), -2.5 * TEST_LOOK_AT_JITTER, 2.5 * TEST_LOOK_AT_JITTER
+        )
+    else:
+        direction = rng.normal(size=3)
+        # Uniform in the ball: radius ~ r * u^(1/3) along a uniform direction.
+        target = direction / np.linalg.norm(direction) * look_at_radius * rng.uniform() ** (1.0 / 3.0)
     distance = radius + rng.uniform(-TEST_RADIUS_JITTER, TEST_RADIUS_JITTER)
     return look_at(target + spherical_position(azimuth, elevation, distance), target, roll_deg=roll)
 

@@ -14,15 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pad_nerfstudio.synth.cameras import (
-    CAMERA_RADIUS,
-    TEST_ELEVATION_RANGE_DEG,
-    TEST_RADIUS_JITTER,
-    TEST_ROLL_MAX_DEG,
-    look_at,
-    random_test_pose,
-    spherical_position,
-)
+from pad_nerfstudio.synth.cameras import CAMERA_RADIUS, TEST_ROLL_MAX_DEG, random_test_pose
 
 
 @dataclass(frozen=True)
@@ -43,16 +35,7 @@ class Difficulty:
 
     def test_pose(self, rng: np.random.Generator, radius: float = CAMERA_RADIUS) -> np.ndarray:
         """A random off-grid test camera-to-world matrix under these conditions."""
-        if self.look_at_radius is None:
-            return random_test_pose(rng, radius, roll_max_deg=self.roll_max_deg)
-        azimuth = rng.uniform(0.0, 360.0)
-        elevation = rng.uniform(*TEST_ELEVATION_RANGE_DEG)
-        roll = rng.uniform(-self.roll_max_deg, self.roll_max_deg)
-        direction = rng.normal(size=3)
-        # Uniform in the ball: radius ~ r * u^(1/3) along a uniform direction.
-        target = direction / np.linalg.norm(direction) * self.look_at_radius * rng.uniform() ** (1.0 / 3.0)
-        distance = radius + rng.uniform(-TEST_RADIUS_JITTER, TEST_RADIUS_JITTER)
-        return look_at(target + spherical_position(azimuth, elevation, distance), target, roll_deg=roll)
+        return random_test_pose(rng, radius, roll_max_deg=self.roll_max_deg, look_at_radius=self.look_at_radius)
 
     def min_mask_pixels(self, size: int) -> int:
         """Smallest accepted defect mask of a ``size`` x ``size`` image."""
