@@ -26,15 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
-from runs import evaluate_run, markdown_table, numeric, train_lite
+from runs import IMAGE_AUROC_COLUMNS, evaluate_run, markdown_table, numeric, train_lite
 
 from pad_nerfstudio.synth.generate import resolve_class_names
 
 COLUMNS = {
-    "image_auroc": ("image AUROC", "{:.3f}"),
-    "image_auroc_Burrs": ("Burrs", "{:.3f}"),
-    "image_auroc_Missing": ("Missing", "{:.3f}"),
-    "image_auroc_Stains": ("Stains", "{:.3f}"),
+    **IMAGE_AUROC_COLUMNS,
     "pixel_auroc": ("pixel AUROC", "{:.3f}"),
     "pixel_aupro": ("AUPRO", "{:.3f}"),
     "pose_rot_err_deg_median": ("pose median °", "{:.3f}"),

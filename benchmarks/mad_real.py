@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-from runs import evaluate_run, markdown_table, numeric, train_lite
+from runs import IMAGE_AUROC_COLUMNS, evaluate_run, markdown_table, numeric, train_lite
 
 from pad_nerfstudio.synth.generate import resolve_class_names
 
@@ -35,10 +35,7 @@ COLUMNS = {
     "sfm_centre_error_median": ("SfM centre err.", "{:.2%}"),
     "sfm_misplaced": ("posed > 2° off", "{:.1f}"),
     "mask_iou_mean": ("mask IoU", "{:.3f}"),
-    "image_auroc": ("image AUROC", "{:.3f}"),
-    "image_auroc_Burrs": ("Burrs", "{:.3f}"),
-    "image_auroc_Missing": ("Missing", "{:.3f}"),
-    "image_auroc_Stains": ("Stains", "{:.3f}"),
+    **IMAGE_AUROC_COLUMNS,
     "pixel_auroc": ("pixel AUROC", "{:.3f}"),
     "pixel_aupro": ("AUPRO", "{:.3f}"),
     "pose_rot_err_deg_median": ("query pose median °", "{:.3f}"),

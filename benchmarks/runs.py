@@ -11,6 +11,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+IMAGE_AUROC_COLUMNS = {
+    "image_auroc": ("image AUROC", "{:.3f}"),
+    "image_auroc_Burrs": ("Burrs", "{:.3f}"),
+    "image_auroc_Missing": ("Missing", "{:.3f}"),
+    "image_auroc_Stains": ("Stains", "{:.3f}"),
+}
+"""Image AUROC overall and per MAD defect type, columns shared by the benchmark tables (see markdown_table)."""
+
 
 def train_lite(
     class_dir: Path,
