@@ -36,7 +36,7 @@ MIN_BIN_PIXELS = 200
 
 @dataclass
 class RenderingCues:
-    """Per-pixel cues of one reference rendering at the map's size: bin indices into the error table."""
+    """Per-pixel cues of one reference rendering at the map's size (the error model bins them)."""
 
     silhouette: np.ndarray
     """(S, S) int, 0..len(SILHOUETTE_BINS)."""
