@@ -29,6 +29,19 @@ def tiny_scene(tiny_class) -> SimpleNamespace:
     must not change the model; the viewer tests may change the pipeline's inspection panel.
     Holds: pipeline, model, cameras, intrinsics [n, 4], images [n, h, w, 3], losses (per-step MSE).
     """
+    pipeline = tiny_pipeline(tiny_class)
+    images, cameras, intrinsics, losses = train_briefly(pipeline, steps=150)
+    model = pipeline.model
+    return SimpleNamespace(
+        pipeline=pipeline, model=model, cameras=cameras, intrinsics=intrinsics, images=images, losses=losses
+    )
+
+
+def tiny_pipeline(class_dir: Path, **model_options):
+    """The pipeline as ns-viewer builds it (test mode) for a 48 px class, its field not trained yet.
+
+    ``model_options`` override the small field's settings (e.g. ``encoding="hash"``).
+    """
     from pad_nerfstudio.data.datamanager import MADDataManagerConfig
     from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
     from pad_nerfstudio.field.model import OmniposeModelConfig
@@ -39,8 +52,8 @@ def tiny_scene(tiny_class) -> SimpleNamespace:
 
     torch.manual_seed(0)
     config = OmniposePipelineConfig(
-        datamanager=MADDataManagerConfig(dataparser=MADDataParserConfig(data=tiny_class)),
-        model=OmniposeModelConfig(grid_resolutions=(16, 48), occupancy_resolution=32),
+        datamanager=MADDataManagerConfig(dataparser=MADDataParserConfig(data=class_dir)),
+        model=OmniposeModelConfig(**{"grid_resolutions": (16, 48), "occupancy_resolution": 32, **model_options}),
         # 48 px queries: no quarter-resolution round (12 px renders say nothing), short alignments
         localisation=PoseEstimatorConfig(
             retrieval=RetrievalConfig(input_size=96),
@@ -51,11 +64,31 @@ def tiny_scene(tiny_class) -> SimpleNamespace:
         ),
         hull_views=32,
     )
-    pipeline = config.setup(device="cpu", test_mode="test")
-    images, cameras, intrinsics, losses = train_briefly(pipeline, steps=150)
-    model = pipeline.model
-    return SimpleNamespace(
-        pipeline=pipeline, model=model, cameras=cameras, intrinsics=intrinsics, images=images, losses=losses
+    return config.setup(device="cpu", test_mode="test")
+
+
+def tiny_estimator(model, cameras, intrinsics, images, backbone):
+    """A pose estimator over a 48 px field's training views, with rounds for 48 px queries."""
+    from pad_nerfstudio.pose.alignment import AlignmentConfig
+    from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig
+    from pad_nerfstudio.pose.retrieval import RetrievalConfig
+
+    # No quarter-resolution round (12 px renders say nothing), blur scaled down accordingly.
+    config = PoseEstimatorConfig(
+        retrieval=RetrievalConfig(input_size=96),
+        rounds=(
+            RoundConfig(0.5, AlignmentConfig(blur_sigmas=(2.0, 1.0), iterations=(10, 10), num_pixels=500)),
+            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(1.0, 0.5), iterations=(10, 15), num_pixels=800)),
+            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=800)),
+        ),
+    )
+    return config.setup(
+        model=model,
+        camera_to_worlds=cameras.camera_to_worlds,
+        intrinsics=intrinsics,
+        image_size=(int(cameras.width[0]), int(cameras.height[0])),
+        images=list(images),
+        backbone=backbone,
     )
 
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_estimator
 
 from pad_nerfstudio.anomaly.backbone import load_backbone
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
@@ -17,7 +18,7 @@ from pad_nerfstudio.data.mad_layout import read_true_poses
 from pad_nerfstudio.field.rays import pixel_rays
 from pad_nerfstudio.pose.alignment import AlignmentConfig, ReferenceView, align_to_reference
 from pad_nerfstudio.pose.matching import PnPHypothesis
-from pad_nerfstudio.pose.refine import PoseEstimatorConfig, RoundConfig, render_views
+from pad_nerfstudio.pose.refine import PoseEstimatorConfig, render_views
 from pad_nerfstudio.pose.retrieval import PoseRetrieval, RetrievalConfig
 from pad_nerfstudio.pose.se3 import (
     apply_pose_correction,
@@ -201,23 +202,7 @@ def tiny_field(tiny_scene):
 @pytest.fixture(scope="module")
 def estimator(tiny_field, backbone):
     model, cameras, intrinsics, images = tiny_field
-    # 48 px queries: no quarter-resolution round (12 px renders say nothing), blur scaled down accordingly.
-    config = PoseEstimatorConfig(
-        retrieval=RetrievalConfig(input_size=96),
-        rounds=(
-            RoundConfig(0.5, AlignmentConfig(blur_sigmas=(2.0, 1.0), iterations=(10, 10), num_pixels=500)),
-            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(1.0, 0.5), iterations=(10, 15), num_pixels=800)),
-            RoundConfig(1.0, AlignmentConfig(blur_sigmas=(0.5,), iterations=(15,), num_pixels=800)),
-        ),
-    )
-    return config.setup(
-        model=model,
-        camera_to_worlds=cameras.camera_to_worlds,
-        intrinsics=intrinsics,
-        image_size=(int(cameras.width[0]), int(cameras.height[0])),
-        images=list(images),
-        backbone=backbone,
-    )
+    return tiny_estimator(model, cameras, intrinsics, images, backbone)
 
 
 def _query(tiny_class, name):

@@ -7,14 +7,21 @@ is what makes training and rendering fast on a CPU, and it stays differentiable 
 sample positions (needed to refine camera poses through the frozen field). Colour is view-independent
 by default: anomaly-free objects under fixed lighting are close to Lambertian, and a view-independent
 colour cannot explain away a defect by a viewing-angle trick.
+
+`--pipeline.model.encoding hash` swaps both grids for Instant-NGP hash grids (`hash_grid.py`) behind the same
+interface; a small network then turns the hashed features into density, since hashed cells collide.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from pad_nerfstudio.field.hash_grid import HashGrid, HashImplementation
 
 
 class VectorMatrixGrid(nn.Module):
@@ -74,22 +81,48 @@ class ObjectField(nn.Module):
         colour_components: int = 16,
         density_shift: float = -5.0,
         view_dependent: bool = False,
+        encoding: Literal["vm", "hash"] = "vm",
+        hash_levels: int = 16,
+        hash_log2_table_size: int = 19,
+        hash_implementation: HashImplementation = "auto",
     ):
         super().__init__()
         self.register_buffer("aabb", aabb.clone().float())
         self.density_shift = density_shift
-        self.density_grid = VectorMatrixGrid(resolutions, density_components)
-        self.colour_grid = VectorMatrixGrid(resolutions, colour_components)
+        self.encoding = encoding
+        if encoding == "vm":
+            self.density_grid = VectorMatrixGrid(resolutions, density_components)
+            self.colour_grid = VectorMatrixGrid(resolutions, colour_components)
+            self.density_head = None  # the sum of the factorised features is the raw density (as in TensoRF)
+        elif encoding == "hash":
+            # Levels from Instant-NGP's coarsest (16) to the finest vm resolution, so both sample the same detail.
+            grid = dict(levels=hash_levels, log2_table_size=hash_log2_table_size, implementation=hash_implementation)
+            self.density_grid = HashGrid(16, max(resolutions), **grid)
+            self.colour_grid = HashGrid(16, max(resolutions), **grid)
+            # Hashed cells collide at fine levels; a small network can tell the colliding points apart.
+            self.density_head = nn.Sequential(nn.Linear(self.density_grid.out_dim, 32), nn.ReLU(), nn.Linear(32, 1))
+        else:
+            raise ValueError(f"Unknown field encoding {encoding!r}: choose 'vm' or 'hash'.")
         self.view_dependent = view_dependent
         in_dim = self.colour_grid.out_dim + (3 if view_dependent else 0)
         self.colour_head = nn.Sequential(nn.Linear(in_dim, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        """The feature grids' parameters (trained with a high learning rate)."""
+        return list(self.density_grid.parameters()) + list(self.colour_grid.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The small networks' parameters."""
+        heads = [self.colour_head] + ([self.density_head] if self.density_head is not None else [])
+        return [parameter for head in heads for parameter in head.parameters()]
 
     def normalise(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
         return (positions - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
 
     def density(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
         """Density per unit of the finest voxel size (so opacities do not depend on the scene's scale)."""
-        raw = self.density_grid(self.normalise(positions)).sum(-1)
+        features = self.density_grid(self.normalise(positions))
+        raw = features.sum(-1) if self.density_head is None else self.density_head(features)[:, 0]
         return F.softplus(raw + self.density_shift)
 
     def colour(self, positions: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"] | None = None) -> Tensor:

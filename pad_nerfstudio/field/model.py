@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Type
+from typing import Callable, Dict, List, Literal, Optional, Type
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,20 @@ class OmniposeModelConfig(ModelConfig):
     """Configuration of the object field and its renderer."""
 
     _target: Type = field(default_factory=lambda: OmniposeModel)
+    encoding: Literal["vm", "hash"] = "vm"
+    """Feature grids of the field: ``vm`` (TensoRF vector-matrix factorisation, a few `grid_sample` calls per
+    point) or ``hash`` (Instant-NGP multiresolution hash grid through nerfstudio's `HashEncoding`: tiny-cuda-nn
+    with CUDA, a torch implementation elsewhere). Both keep gradients with respect to sample positions."""
     grid_resolutions: tuple[int, ...] = (48, 192)
-    """Resolutions of the factorised feature grids (coarse for shape, fine for detail)."""
+    """Resolutions of the factorised feature grids (coarse for shape, fine for detail); with ``hash``, the finest
+    level's resolution is the last of them."""
+    hash_levels: int = 16
+    """Hash grid: levels between resolution 16 and the finest."""
+    hash_log2_table_size: int = 19
+    """Hash grid: log2 of the entries per level (19 as in Instant-NGP; smaller tables are cheaper on a CPU)."""
+    hash_implementation: Literal["auto", "tcnn", "torch"] = "auto"
+    """Hash grid: tiny-cuda-nn (``tcnn``, needs CUDA), nerfstudio's ``torch`` grid, or ``auto`` (tcnn where it runs).
+    Their tables differ: a field trained with one loads only with the same one."""
     density_components: int = 8
     """Vector-matrix components per plane for density."""
     colour_components: int = 16
@@ -88,12 +100,21 @@ class OmniposeModel(Model):
     def populate_modules(self):
         super().populate_modules()
         aabb = self.scene_box.aabb.float()
+        if getattr(self.config, "encoding", "vm") == "hash" and getattr(self.config, "total_variation", 0.0) > 0:
+            raise ValueError(
+                "--pipeline.model.total-variation needs the vm encoding (hashed cells have no neighbours)."
+            )
         self.field = ObjectField(
             aabb,
             resolutions=self.config.grid_resolutions,
             density_components=self.config.density_components,
             colour_components=self.config.colour_components,
             view_dependent=self.config.view_dependent,
+            # getattr: configs saved before the option were trained with the vm grids.
+            encoding=getattr(self.config, "encoding", "vm"),
+            hash_levels=getattr(self.config, "hash_levels", 16),
+            hash_log2_table_size=getattr(self.config, "hash_log2_table_size", 19),
+            hash_implementation=getattr(self.config, "hash_implementation", "auto"),
         )
         self.occupancy = OccupancyGrid(aabb, self.config.occupancy_resolution)
         # getattr: runs whose config.yml predates the option were trained without it (and load without it).
@@ -106,8 +127,7 @@ class OmniposeModel(Model):
 
     # ---------------------------------------------------------------- training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        grids = list(self.field.density_grid.parameters()) + list(self.field.colour_grid.parameters())
-        groups = {"fields": grids, "heads": list(self.field.colour_head.parameters())}
+        groups = {"fields": self.field.grid_parameters(), "heads": self.field.head_parameters()}
         if self.appearance is not None:
             groups["appearance"] = list(self.appearance.parameters())
         return groups
