@@ -1,11 +1,13 @@
-"""Field speed and quality: stock nerfacto vs `omnipose-ad` with the same wall-clock training budget.
+"""Field speed and quality side by side: stock nerfacto, `omnipose-ad` with its vm field, or with its hash field.
 
-Both methods train through nerfstudio's own Trainer on the same `pad-synth` class (generated if missing),
-on the same machine, one after the other. Reported for each: held-out PSNR/SSIM on the defect-free test
-views at their true poses (views never used for training), training steps/s and rays/s, render rays/s and
-the seconds for one 224x224 image, and the ratios between the two.
+The methods train through nerfstudio's own Trainer on the same `pad-synth` class (generated if missing), on the
+same machine, one after the other, for the same wall-clock budget or (``--steps``) the same number of steps.
+Reported for each: held-out PSNR/SSIM on the defect-free test views at their true poses (views never used for
+training), training steps/s and rays/s, render rays/s and the seconds for one 224x224 image, and the ratios
+between the first two methods.
 
     python benchmarks/field_speed.py --data data/pad-synth --class-name gorilla --budget 600
+    python benchmarks/field_speed.py --methods omnipose-ad,omnipose-ad-hash --steps 1000   # vm vs hash field
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ def offline_nerfacto():
     return copy.deepcopy(method_configs["nerfacto"])
 
 
-def train_for(config, class_dir: Path, budget: float, output_dir: Path):
-    """Train through nerfstudio's Trainer until the wall-clock budget is spent."""
+def hash_field(config):
+    """`omnipose-ad` with the hash-grid field instead of the vm one (everything else equal)."""
+    config.pipeline.model.encoding = "hash"
+    return config
+
+
+def train_for(config, class_dir: Path, budget: float, output_dir: Path, steps: int | None = None):
+    """Train through nerfstudio's Trainer until the wall-clock budget is spent (or for ``steps`` steps)."""
     config.pipeline.datamanager.dataparser = MADDataParserConfig(data=class_dir)
     config.machine.device_type = "cuda" if torch.cuda.is_available() else "cpu"
     config.output_dir = output_dir
@@ -61,7 +69,10 @@ def train_for(config, class_dir: Path, budget: float, output_dir: Path):
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     step, start = 0, time.perf_counter()
-    while time.perf_counter() - start < budget:
+    if steps is not None:  # the learning rates decay over the steps actually trained
+        for group in config.optimizers.values():
+            group["scheduler"].max_steps = steps
+    while (time.perf_counter() - start < budget) if steps is None else (step < steps):
         for callback in trainer.callbacks:
             callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         trainer.train_iteration(step)
@@ -94,7 +105,9 @@ def evaluate(pipeline, class_dir: Path, views: int) -> dict:
     poses = read_true_poses(class_dir)
     if not poses:
         raise SystemExit(f"{class_dir} has no test_poses.json: held-out views need pad-synth's true query poses")
-    names = [n for n in poses if n.startswith("test/good/")][:views]
+    # The test images themselves (test_poses.json's keys may lack the extension; `poses` takes either).
+    good = sorted((class_dir / "test" / "good").iterdir(), key=lambda path: int(path.stem))
+    names = [str(path.relative_to(class_dir)) for path in good][:views]
     psnr, ssim = [], []
     for name in names:
         truth = torch.from_numpy(load_rgb(class_dir / name)).float() / 255.0
@@ -124,7 +137,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200, help="image size when the class must be generated")
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds per method")
     parser.add_argument("--eval-views", type=int, default=5, help="held-out views rendered per method")
-    parser.add_argument("--methods", default="nerfacto,omnipose-ad")
+    parser.add_argument("--steps", type=int, help="train every method for this many steps instead of the budget")
+    parser.add_argument(
+        "--methods", default="nerfacto,omnipose-ad", help="from nerfacto, omnipose-ad, omnipose-ad-hash"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -136,20 +152,27 @@ def main() -> None:
         class_dir = generate_dataset(args.data, classes=[args.class_name], size=args.size)[0]
     from pad_nerfstudio.method_configs import omnipose_ad
 
-    configs = {"nerfacto": offline_nerfacto, "omnipose-ad": lambda: copy.deepcopy(omnipose_ad.config)}
+    configs = {
+        "nerfacto": offline_nerfacto,
+        "omnipose-ad": lambda: copy.deepcopy(omnipose_ad.config),
+        "omnipose-ad-hash": lambda: hash_field(copy.deepcopy(omnipose_ad.config)),
+    }
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.methods.split(","):
-            CONSOLE.rule(f"{name}: training for {args.budget:.0f} s")
+            CONSOLE.rule(f"{name}: training for {f'{args.steps} steps' if args.steps else f'{args.budget:.0f} s'}")
             torch.manual_seed(0)
-            pipeline, steps, seconds, rays = train_for(configs[name](), class_dir, args.budget, Path(scratch))
+            pipeline, steps, seconds, rays = train_for(
+                configs[name](), class_dir, args.budget, Path(scratch), args.steps
+            )
             figures = evaluate(pipeline, class_dir, args.eval_views)
             figures.update(steps=steps, steps_per_s=steps / seconds, train_rays_per_s=steps * rays / seconds)
             results[name] = figures
             CONSOLE.print(name, figures)
 
+    training = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
     table = Table(
-        title=f"Field benchmark on {class_dir.name} ({args.budget:.0f} s training each, "
+        title=f"Field benchmark on {class_dir.name} ({training} of training each, "
         f"{torch.get_num_threads()} CPU threads, {'CUDA' if torch.cuda.is_available() else 'CPU'})"
     )
     table.add_column("metric")

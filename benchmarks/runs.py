@@ -1,5 +1,6 @@
-"""Shared by the benchmark scripts: train `omnipose-ad-lite` on one class as `ns-train` does and evaluate it as
-`ns-eval` does, each resumable (a finished training or evaluation is found again under its run folder)."""
+"""Shared by the benchmark scripts: train `omnipose-ad-lite` (or `omnipose-ad`) on one class as `ns-train` does and
+evaluate it as `ns-eval` does, each resumable (a finished training or evaluation is found again under its run
+folder)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ def train_lite(
     run_dir: Path,
     edit: Optional[Callable[[Any], None]] = None,
     max_num_iterations: Optional[int] = None,
+    method: str = "omnipose-ad-lite",
 ) -> tuple[Path, float]:
-    """Train (or reuse) `omnipose-ad-lite` on ``class_dir`` into ``run_dir``; returns its config.yml and the
-    training seconds. ``edit`` changes the TrainerConfig before training."""
+    """Train (or reuse) ``method`` (`omnipose-ad-lite` or `omnipose-ad`) on ``class_dir`` into ``run_dir``; returns
+    its config.yml and the training seconds. ``edit`` changes the TrainerConfig before training."""
     from nerfstudio.scripts.train import main as ns_train
-    from pad_nerfstudio.method_configs import omnipose_ad_lite
+    from pad_nerfstudio.method_configs import omnipose_ad, omnipose_ad_lite
 
     marker = run_dir / "trained.json"
     if marker.exists():
@@ -37,7 +39,7 @@ def train_lite(
         if Path(stored["config"]).exists():
             return Path(stored["config"]), float(stored["train_seconds"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = copy.deepcopy(omnipose_ad_lite.config)
+    config = copy.deepcopy({"omnipose-ad-lite": omnipose_ad_lite, "omnipose-ad": omnipose_ad}[method].config)
     config.pipeline.datamanager.data = class_dir
     config.pipeline.datamanager.dataparser.data = class_dir
     config.output_dir = (run_dir / "nerfstudio").resolve()

@@ -3,6 +3,12 @@
 `omnipose-ad` is the full-quality preset for a GPU; on a machine without CUDA it scales itself down to
 the CPU settings (and says so), so a laptop user gets a result in minutes without learning flags.
 `omnipose-ad-lite` is the CPU preset used by the default run and the tests.
+
+Both presets use the vm field (`--pipeline.model.encoding vm`). On the CPU that is measured: at equal steps the
+hash grid (nerfstudio's torch implementation) matches its quality but trains and renders several times slower
+(README, "GPU"; benchmarks/field_speed.py). On a GPU the choice is not measured yet: no GPU was available while
+the hash field was built. `benchmarks/gpu_check.sh` trains both on one GPU and prints them side by side; the GPU
+preset should take whichever it shows faster at equal quality.
 """
 
 from __future__ import annotations
@@ -48,9 +54,9 @@ def omnipose_trainer(method_name: str, gpu: bool) -> TrainerConfig:
     """Trainer config of the GPU (full quality) or CPU (lite) preset."""
     steps = 20000 if gpu else 1000
     model = (
-        OmniposeModelConfig(grid_resolutions=(64, 320), occupancy_resolution=128)
+        OmniposeModelConfig(encoding="vm", grid_resolutions=(64, 320), occupancy_resolution=128)
         if gpu
-        else OmniposeModelConfig(grid_resolutions=(48, 192), occupancy_resolution=64)
+        else OmniposeModelConfig(encoding="vm", grid_resolutions=(48, 192), occupancy_resolution=64)
     )
     return TrainerConfig(
         method_name=method_name,

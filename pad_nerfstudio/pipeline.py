@@ -69,10 +69,11 @@ class OmniposePipelineConfig(VanillaPipelineConfig):
     rendering_error_pose_deg: float = 0.15
     """The calibration views are rendered this far (rotation about the object centre, random axis) from their
     true pose, like a query's estimate is: pose error shows at the same edges as field error."""
-    reference_max_side: int = 320
-    """The anomaly-free reference is rendered at the query's size up to this many pixels on its longer side
-    (then resized to the query's size): scoring compares at the scorer's map size (224), so larger renderings
-    would cost time and change nothing."""
+    reference_max_side: int = 256
+    """The anomaly-free reference is rendered at the query's size up to this many pixels on its longer side, or
+    the scorer's map size if that is larger (then resized to the query's size): scoring compares at the map size
+    (224), so larger renderings cost time and change nothing (measured at 400 px: 320 instead of 256 took 0.2 s
+    more per query for the same metrics)."""
 
 
 class OmniposePipeline(VanillaPipeline):
@@ -277,7 +278,8 @@ class OmniposePipeline(VanillaPipeline):
         Rendered at most ``reference_max_side`` pixels wide or high and resized to (width, height) when larger.
         """
         estimator, _ = self.detector()
-        scale = min(1.0, self.config.reference_max_side / max(width, height))
+        max_side = max(self.config.reference_max_side, self.config.scorer.map_size)
+        scale = min(1.0, max_side / max(width, height))
         render_width, render_height = max(8, round(width * scale)), max(8, round(height * scale))
         intrinsics = estimator.query_intrinsics(render_width, render_height).float().to(self.device)
         rendering = self.model.render_image(camera_to_world.to(self.device), intrinsics, render_width, render_height)

@@ -107,3 +107,18 @@ def test_refinement_through_the_hash_field_recovers_a_five_degree_perturbation(h
     before, after = float(rotation_error_deg(start, true_pose)), float(rotation_error_deg(pose, true_pose))
     assert before == pytest.approx(5.0, rel=1e-6)
     assert after < 0.35 * before, (before, after)  # as the vm field does on this 48 px class (0.18-0.27)
+
+
+def test_a_checkpoint_with_other_grids_is_refused_not_loaded_half(hash_scene, tiny_scene):
+    """nerfstudio falls back to a non-strict load, which would leave the grids random: say what differs."""
+    state = hash_scene.model.state_dict()
+    as_tcnn = {
+        key.replace("encoding.hash_table", "encoding.tcnn_encoding.params"): value for key, value in state.items()
+    }
+    before = hash_scene.model.field.density_grid.table().clone()
+    with pytest.raises(ValueError, match="tiny-cuda-nn hash grids, but this model builds torch hash grids"):
+        hash_scene.model.load_state_dict(as_tcnn)
+    with pytest.raises(ValueError, match="vm grids, but this model builds torch hash grids"):
+        hash_scene.model.load_state_dict(tiny_scene.model.state_dict())
+    assert torch.equal(hash_scene.model.field.density_grid.table(), before)
+    hash_scene.model.load_state_dict(state)  # its own checkpoint loads

@@ -125,6 +125,20 @@ class OmniposeModel(Model):
         self.step_size = self.voxel_size * self.config.step_ratio
         self.max_optical_depth = -math.log(self.config.min_contribution)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Refuse a checkpoint whose field grids differ from this model's, which nerfstudio would otherwise load
+        non-strictly, leaving the grids random: a vm field into a hash one, or a tiny-cuda-nn hash table where
+        only the torch one can be built (the two lay out their tables differently)."""
+        theirs = {key for key in state_dict if key.startswith("field.")}
+        ours = {key for key in self.state_dict() if key.startswith("field.")}
+        if theirs and theirs != ours:
+            trained, built = _describe_grids(theirs), _describe_grids(ours)
+            raise ValueError(
+                f"The checkpoint's field has {trained}, but this model builds {built}. Load it with the same "
+                "--pipeline.model.encoding, where the same hash grid implementation runs (tiny-cuda-nn needs CUDA)."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ---------------------------------------------------------------- training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = {"fields": self.field.grid_parameters(), "heads": self.field.head_parameters()}
@@ -315,3 +329,12 @@ class OmniposeModel(Model):
             "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
         }
         return metrics, images
+
+
+def _describe_grids(keys: set[str]) -> str:
+    """Which feature grids a field's state-dict keys hold."""
+    if any("tcnn_encoding" in key for key in keys):
+        return "tiny-cuda-nn hash grids"
+    if any("hash_table" in key for key in keys):
+        return "torch hash grids"
+    return "vm grids"

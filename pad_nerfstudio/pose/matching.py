@@ -42,6 +42,9 @@ class MatchingConfig:
     """Keypoints whose field opacity is lower (on the outline, half background) get no 3D point."""
     ransac_threshold_px: float = 2.0
     """RANSAC inlier threshold, in pixels of a 200 px image (scaled with the query size)."""
+    max_side: int = 320
+    """Images (training views and queries) are searched for keypoints scaled down to at most this longer side, so
+    building the database and matching a query cost the same for 800 px images as for 320 px ones."""
     ransac_iterations: int = 500
     """RANSAC iterations per PnP problem."""
     min_inliers: int = 8
@@ -83,13 +86,27 @@ def to_gray_uint8(image: Float[Tensor, "H W 3"] | np.ndarray) -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
 
 
-def sift_features(gray: np.ndarray, contrast_threshold: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-    """SIFT keypoint positions (n, 2) as float64 OpenCV pixel coordinates and descriptors (n, 128) float32."""
+def sift_features(
+    gray: np.ndarray, contrast_threshold: float = 0.02, max_side: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT keypoint positions (n, 2) as float64 OpenCV pixel coordinates and descriptors (n, 128) float32.
+
+    With ``max_side`` > 0, larger images are detected scaled down to that longer side and the positions mapped
+    back to the image's own pixels: keypoints only seed PnP, which the photometric rounds refine, so detecting on
+    an 800 px image would cost time (and many more matches) for nothing.
+    """
+    height, width = gray.shape[:2]
+    scale = min(1.0, max_side / max(height, width)) if max_side > 0 else 1.0
+    if scale < 1.0:
+        gray = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
     sift = cv2.SIFT_create(contrastThreshold=contrast_threshold)
     keypoints, descriptors = sift.detectAndCompute(gray, None)
     if descriptors is None or len(keypoints) == 0:
         return np.zeros((0, 2)), np.zeros((0, 128), dtype=np.float32)
-    return np.array([k.pt for k in keypoints], dtype=np.float64), descriptors.astype(np.float32)
+    points = np.array([k.pt for k in keypoints], dtype=np.float64)
+    if scale < 1.0:  # OpenCV pixel centres sit at integer coordinates: scale about the half-pixel corner
+        points = (points + 0.5) * np.array([width / gray.shape[1], height / gray.shape[0]]) - 0.5
+    return points, descriptors.astype(np.float32)
 
 
 @dataclass
@@ -131,7 +148,8 @@ class KeypointDatabase:
         poses = torch.as_tensor(poses)[..., :3, :4].detach().cpu().double()
         self.poses = poses if self.poses is None else torch.cat([self.poses, poses])
         for image, pose, k in zip(images, poses, intrinsics):
-            pixels, descriptors = sift_features(to_gray_uint8(image), self.config.contrast_threshold)
+            gray = to_gray_uint8(image)
+            pixels, descriptors = sift_features(gray, self.config.contrast_threshold, self.config.max_side)
             points = np.zeros((0, 3))
             if len(pixels):
                 # The field's rays take pixel indices and add the half pixel, exactly OpenCV's coordinates.

@@ -309,7 +309,8 @@ class PoseEstimator:
         seconds = {"retrieval": time.perf_counter() - clock}
 
         clock = time.perf_counter()
-        pixels, descriptors = sift_features(to_gray_uint8(query), self.config.matching.contrast_threshold)
+        matching = self.config.matching
+        pixels, descriptors = sift_features(to_gray_uint8(query), matching.contrast_threshold, matching.max_side)
         views = [i for _, _, i in retrieved]
         hypotheses = self.keypoints.hypotheses(pixels, descriptors, intrinsics, (width, height), views)
         chosen = self._select_hypotheses(hypotheses)
