@@ -34,7 +34,8 @@ def resolve_implementation(implementation: HashImplementation) -> Literal["tcnn"
     if implementation == "tcnn" and not usable:
         reason = "tinycudann is not installed" if not TCNN_EXISTS else "no CUDA device is available"
         raise ValueError(
-            f"The tcnn hash grid needs tinycudann and CUDA, but {reason}; use --hash-implementation torch."
+            f"The tcnn hash grid needs tinycudann and CUDA, but {reason}; "
+            "use --pipeline.model.hash-implementation torch."
         )
     return implementation
 
@@ -73,9 +74,8 @@ class HashGrid(nn.Module):
 
     def table(self) -> Tensor:
         """All learned table entries (one flat parameter in either implementation)."""
-        return (
-            self.encoding.tcnn_encoding.params if self.encoding.tcnn_encoding is not None else self.encoding.hash_table
-        )
+        tcnn = self.encoding.tcnn_encoding
+        return tcnn.params if tcnn is not None else self.encoding.hash_table
 
     def l1(self) -> Tensor:
         """Mean absolute value of the table: the sparsity prior that clears floaters."""

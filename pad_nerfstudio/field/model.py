@@ -133,6 +133,9 @@ class OmniposeModel(Model):
         ours = {key for key in self.state_dict() if key.startswith("field.")}
         if theirs and theirs != ours:
             trained, built = _describe_grids(theirs), _describe_grids(ours)
+            if trained == built:  # same kind of grids, other settings (e.g. --pipeline.model.grid-resolutions)
+                differing = ", ".join(sorted(theirs ^ ours)[:4])
+                raise ValueError(f"The checkpoint's field has other parameters than this model's ({differing}).")
             raise ValueError(
                 f"The checkpoint's field has {trained}, but this model builds {built}. Load it with the same "
                 "--pipeline.model.encoding, where the same hash grid implementation runs (tiny-cuda-nn needs CUDA)."
