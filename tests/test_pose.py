@@ -53,6 +53,11 @@ def test_exp_log_round_trip():
     assert torch.allclose(log_se3(poses), tangents, atol=1e-9)
     assert torch.allclose(exp_se3(log_se3(poses)), poses, atol=1e-9)
     assert torch.allclose(invert(invert(poses)), poses, atol=1e-12)
+    # The same map as nerfstudio's exp_map_SE3 (whose small-angle series differs by < 1e-11 near zero).
+    from nerfstudio.cameras.lie_groups import exp_map_SE3
+
+    assert torch.allclose(poses, exp_map_SE3(tangents), atol=1e-10)
+    assert torch.allclose(exp_se3(tangents.reshape(8, 9, 6)), poses.reshape(8, 9, 3, 4))  # batched over any shape
 
 
 def test_correction_sides_and_errors_of_a_known_perturbation():
