@@ -79,8 +79,12 @@ def measure_size(args: argparse.Namespace, size: int, name: str) -> Dict[str, An
         subprocess.run(command, check=True)
     stage = [sys.executable, __file__, "--class-dir", str(data / name), "--run-dir", str(run_dir)]
     stage += ["--encoding", args.encoding]
-    print(f"== {size} px: training", flush=True)
-    _, train_rss = run_measured(stage + ["--worker", "train"])
+    usage = run_dir / "train_usage.json"  # a reused training is not measured again: keep its first measurement
+    if not usage.exists():
+        print(f"== {size} px: training", flush=True)
+        _, train_rss = run_measured(stage + ["--worker", "train"])
+        usage.write_text(json.dumps({"train_peak_rss_gb": train_rss}))
+    train_rss = json.loads(usage.read_text())["train_peak_rss_gb"]
     print(f"== {size} px: evaluating", flush=True)
     eval_seconds, eval_rss = run_measured(stage + ["--worker", "eval"])
     trained = json.loads((run_dir / "trained.json").read_text())
