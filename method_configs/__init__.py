@@ -21,7 +21,11 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from pad_nerfstudio.compat import allow_numpy_in_checkpoints, explain_missing_checkpoints
+from pad_nerfstudio.compat import (
+    allow_numpy_in_checkpoints,
+    explain_missing_checkpoints,
+    fast_external_method_registry,
+)
 from pad_nerfstudio.data.datamanager import MADDataManagerConfig
 from pad_nerfstudio.data.mad_dataparser import MADDataParserConfig
 from pad_nerfstudio.field.model import OmniposeModelConfig
@@ -31,6 +35,8 @@ allow_numpy_in_checkpoints()
 # ns-eval, ns-viewer: a run without checkpoints says so instead of "list index out of range" (nerfstudio's scripts
 # load the plugin while importing the function to wrap; see compat.py).
 explain_missing_checkpoints()
+# nerfstudio builds its external-method list right after loading the plugins: ~12 s less per command.
+fast_external_method_registry()
 HAS_CUDA = torch.cuda.is_available()
 
 

@@ -157,11 +157,43 @@ def test_eval_without_checkpoint_says_which_folder_and_what_to_do(tmp_path):
 
 
 def test_ns_eval_imports_wrap_the_checkpoint_loader():
-    """nerfstudio's scripts import eval_utils first, which loads the plugin half-way through: still wrapped."""
+    """nerfstudio's scripts import eval_utils first, which loads the plugin half-way through: still wrapped. The
+    external-method placeholders were built after the plugin loaded, so without stack inspection."""
     code = (
         "import nerfstudio.scripts.eval, nerfstudio.utils.eval_utils as eval_utils\n"
+        "from nerfstudio.configs.external_methods import ExternalMethodDummyTrainerConfig as Placeholder\n"
         "print(type(eval_utils).__name__, hasattr(eval_utils.eval_load_checkpoint, '__wrapped__'))\n"
+        "print(hasattr(Placeholder.__post_init__, '__wrapped__'))\n"
     )
     result = run(sys.executable, "-c", code, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["module", "True"]
+    assert result.stdout.split() == ["module", "True", "True"]
+
+
+def test_external_method_list_is_built_without_stack_inspection_and_still_offers_installs(monkeypatch, capsys):
+    import inspect
+
+    from nerfstudio.configs import external_methods
+
+    from pad_nerfstudio.compat import fast_external_method_registry
+
+    fast_external_method_registry()
+    fast_external_method_registry()  # wrapped once
+    placeholder = external_methods.ExternalMethodDummyTrainerConfig
+    assert not hasattr(placeholder.__post_init__.__wrapped__, "__wrapped__")
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("inspect.stack called while building nerfstudio's external-method list")
+
+    monkeypatch.setattr(inspect, "stack", no_stack)
+    methods, descriptions = external_methods.get_external_methods()
+    slugs = [slug for method in external_methods.external_methods for slug, _ in method.configurations]
+    assert sorted(methods) == sorted(slugs) and set(descriptions) == set(slugs)
+    monkeypatch.undo()
+
+    # Built from anywhere else (tyro instantiating `ns-train <external method>`), it still prints how to install.
+    method = next(m for m in external_methods.external_methods if not m.pip_package)  # no yes/no prompt
+    with pytest.raises(SystemExit) as exit_info:
+        placeholder(method_name=method.configurations[0][0], method=method)
+    assert exit_info.value.code == 0
+    assert "install" in capsys.readouterr().out.lower()
