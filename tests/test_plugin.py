@@ -21,7 +21,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_ns_train_knows_both_methods_and_the_dataparser():
-    """One `ns-train` start (each costs ~25 s of nerfstudio imports): the method and its mad-data subcommand parse;
+    """One `ns-train` start (each costs ~15 s of nerfstudio imports): the method and its mad-data subcommand parse;
     nerfstudio's own discovery, which `ns-train --help` lists, finds both presets."""
     from nerfstudio.plugins.registry import discover_methods
 
