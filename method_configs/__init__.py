@@ -35,7 +35,7 @@ allow_numpy_in_checkpoints()
 # ns-eval, ns-viewer: a run without checkpoints says so instead of "list index out of range" (nerfstudio's scripts
 # load the plugin while importing the function to wrap; see compat.py).
 explain_missing_checkpoints()
-# nerfstudio builds its external-method list right after loading the plugins: ~10 s less per command.
+# nerfstudio builds its external-method list right after loading the plugins: 4-10 s less per command.
 fast_external_method_registry()
 HAS_CUDA = torch.cuda.is_available()
 

@@ -5,7 +5,7 @@ torch >= 2.6 loads checkpoints with ``weights_only=True``; nerfstudio checkpoint
 types that appear in them keeps the safe loader (no arbitrary pickles) and makes those commands work.
 A run whose checkpoints are missing makes nerfstudio's loader fail with "list index out of range";
 ``explain_missing_checkpoints`` makes it say which folder is empty and what to do instead.
-``fast_external_method_registry`` takes ~10 s off the start of every ns-train, ns-eval and ns-viewer.
+``fast_external_method_registry`` takes 4-10 s off the start of every ns-train, ns-eval and ns-viewer.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def fast_external_method_registry() -> None:
 
     nerfstudio builds a placeholder config for each of its ~26 external methods while importing its method list;
     each placeholder asks ``inspect.stack()`` whether it is being built by that list, and ``inspect.stack`` reads
-    the source of every frame and scans every loaded module for each one: ~10 s on a 2-core CPU with torch
+    the source of every frame and scans every loaded module for each one: 4-10 s on a 2-core CPU with torch
     loaded, paid by every ns-train, ns-eval and ns-viewer. The same question asked of the frame directly gives
     the same answer at no cost; a user who runs an external method still gets nerfstudio's install offer. The
     plugin is loaded before that list is built, so applying this at plugin import is enough.
